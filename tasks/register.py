@@ -73,8 +73,12 @@ def check_inputs(params: Register, model_path: Path, metrics: dict) -> dict:
 def promotion(params: Register, value: float, metrics_file: Path) -> dict:
     """Should the new version take `params.stage`? Compare with the version holding it."""
     import gto.api
+    from gto.exceptions import ArtifactNotFound
 
-    current = gto.api.find_versions_in_stage(".", params.name, params.stage)
+    try:
+        current = gto.api.find_versions_in_stage(".", params.name, params.stage)
+    except ArtifactNotFound:  # nothing registered yet
+        current = None
     current = current[0] if isinstance(current, list) and current else current
     if not current:
         return {"promote": True, "reason": f"no version is in stage {params.stage!r} yet"}
@@ -94,8 +98,12 @@ def promotion(params: Register, value: float, metrics_file: Path) -> dict:
 
 def next_version(name: str) -> str:
     import gto.api
+    from gto.exceptions import ArtifactNotFound
 
-    latest = gto.api.find_latest_version(".", name)
+    try:
+        latest = gto.api.find_latest_version(".", name)
+    except ArtifactNotFound:
+        latest = None
     if not latest:
         return "v0.0.1"
     major, minor, patch = (int(v) for v in latest.version.lstrip("v").split("."))
