@@ -10,7 +10,6 @@ at once with the dotted key that caused it, before any stage does work.
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -131,23 +130,26 @@ class Register(Section):
     stage: str = Field("prod", pattern=r"^[a-z0-9][a-z0-9-]*$")
 
 
-with warnings.catch_warnings():  # `register` shadows ABCMeta.register: harmless here
-    warnings.filterwarnings("ignore", message='Field name "register"')
+class Params(Section):
+    paths: Paths
+    ingest: Ingest
+    clean: Clean
+    augment: Augment
+    train: Train
+    evaluate: Evaluate
+    # `register` would shadow BaseModel's (ABC) `register` and silently default
+    # to it when missing, so the field is stored under another name.
+    register_: Register = Field(alias="register")
 
-    class Params(Section):
-        paths: Paths
-        ingest: Ingest
-        clean: Clean
-        augment: Augment
-        train: Train
-        evaluate: Evaluate
-        register: Register
+    @property
+    def register(self) -> Register:
+        return self.register_
 
-        @model_validator(mode="after")
-        def _cnn_needs_image(self) -> Params:
-            if self.train.model == "cnn" and self.ingest.image_shape is None:
-                raise ValueError("train.model is 'cnn' but ingest.image_shape is not set")
-            return self
+    @model_validator(mode="after")
+    def _cnn_needs_image(self) -> Params:
+        if self.train.model == "cnn" and self.ingest.image_shape is None:
+            raise ValueError("train.model is 'cnn' but ingest.image_shape is not set")
+        return self
 
 
 def _describe(err: dict) -> str:

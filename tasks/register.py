@@ -136,7 +136,7 @@ def register(p: Params, flow_run_id: str | None = None) -> dict:
     lineage = {
         "artifact": params.name, "version": version,
         "model": {"path": str(p.paths.model), "sha256": sha256_file(p.paths.model)},
-        "data": data_hashes(), "params": p.model_dump(mode="json"),
+        "data": data_hashes(), "params": p.model_dump(mode="json", by_alias=True),
         "code_commit": git("rev-parse", "HEAD", check=False) or None, "code_dirty": dirty,
         "deepspeed": run["deepspeed"], "world_size": run["world_size"],
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},

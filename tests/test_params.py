@@ -1,0 +1,65 @@
+"""params.yaml: the shipped file loads; bad keys and types are named."""
+
+import pytest
+import yaml
+
+from tasks.errors import InputError
+from tasks.params import load_params
+from tests.conftest import ROOT
+
+
+def write(tmp_path, params):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def shipped():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_shipped_params_load():
+    p = load_params(ROOT / "params.yaml")
+    assert p.train.model in ("mlp", "cnn")
+    assert p.ingest.source.startswith("pkg:sklearn")
+
+
+def test_unknown_key_is_named(tmp_path):
+    params = shipped()
+    params["train"]["epochz"] = 3
+    with pytest.raises(InputError, match=r"train\.epochz: unknown key"):
+        load_params(write(tmp_path, params))
+
+
+def test_every_problem_reported_at_once(tmp_path):
+    params = shipped()
+    params["train"]["epochs"] = "many"
+    params["clean"]["scaling"] = "zscore"
+    del params["register"]
+    with pytest.raises(InputError) as err:
+        load_params(write(tmp_path, params))
+    msg = str(err.value)
+    assert "3 problem(s)" in msg
+    assert "train.epochs" in msg and "clean.scaling" in msg and "register: missing key" in msg
+
+
+def test_params_are_frozen():
+    p = load_params(ROOT / "params.yaml")
+    with pytest.raises(Exception):
+        p.train.epochs = 1
+
+
+def test_cnn_needs_an_image_shape(tmp_path):
+    params = shipped()
+    params["ingest"]["image_shape"] = None
+    params["train"]["model"] = "cnn"
+    with pytest.raises(InputError, match="image_shape"):
+        load_params(write(tmp_path, params))
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [unclosed")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
