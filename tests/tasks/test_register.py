@@ -1,0 +1,85 @@
+"""register: GTO versions on a commit holding the pipeline state; gated promotion."""
+
+import json
+import shutil
+import subprocess
+
+import gto.api
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tasks.errors import InputError
+from tasks.params import load_params
+from tasks.register import register
+from tasks.tables import write_json
+from tests.conftest import GIT_ENV, ROOT
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    for k, v in GIT_ENV.items():
+        monkeypatch.setenv(k, v)
+    subprocess.run(["git", "init", "-q", "-b", "main"], check=True)
+    subprocess.run(["git", "add", "-A"], check=True)
+    subprocess.run(["git", "commit", "-qm", "initial"], check=True)
+    p = load_params()
+    write_json(p.paths.checkpoints / "fp1" / "run.json", {"deepspeed": {"zero_optimization": {"stage": 1}},
+                                                          "world_size": 2})
+    return p
+
+
+def produce(p, accuracy, seed):
+    """What train and evaluate would leave behind: a model and its metrics."""
+    p.paths.model.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.full((3,), float(seed))}, str(p.paths.model),
+              metadata={"model": "mlp", "config": "{}", "fingerprint": "fp1"})
+    write_json(p.paths.metrics, {"accuracy": accuracy, "f1_macro": accuracy})
+
+
+def prod_version(name="digits"):
+    return gto.api.find_versions_in_stage(".", name, "prod")[0].version
+
+
+def test_promotes_only_a_better_model(repo):
+    produce(repo, 0.90, seed=1)
+    first = register(repo, flow_run_id="run-1")
+    assert (first["version"], first["promotion"]["promote"]) == ("v0.0.1", True)
+    assert prod_version() == "v0.0.1"
+
+    produce(repo, 0.85, seed=2)
+    worse = register(repo)
+    assert worse["version"] == "v0.0.2" and not worse["promotion"]["promote"]
+    assert "does not beat v0.0.1's 0.9000" in worse["promotion"]["reason"]
+    assert prod_version() == "v0.0.1"
+    recorded = json.loads(subprocess.run(["git", "show", f"digits@v0.0.2:{repo.paths.lineage}"],
+                                         capture_output=True, text=True, check=True).stdout)
+    assert recorded["promotion"]["reason"] == worse["promotion"]["reason"]
+
+    produce(repo, 0.95, seed=3)
+    assert register(repo)["promotion"]["promote"]
+    assert prod_version() == "v0.0.3"
+
+
+def test_version_points_at_a_commit_with_its_lineage(repo):
+    produce(repo, 0.9, seed=1)
+    rec = register(repo, flow_run_id="abc")
+    tagged = subprocess.run(["git", "rev-parse", "digits@v0.0.1^{commit}"], capture_output=True, text=True).stdout
+    assert tagged.strip() == rec["commit"]
+    assert rec["prefect_flow_run_id"] == "abc"
+    assert rec["metrics"]["accuracy"] == 0.9
+    assert rec["deepspeed"]["zero_optimization"]["stage"] == 1
+    assert rec["params"]["register"]["metric"] == "accuracy"
+
+
+def test_undeclared_artifact_and_missing_metric_are_named(repo):
+    produce(repo, 0.9, seed=1)
+    bad = repo.model_copy(update={"register_": repo.register.model_copy(update={"name": "other", "metric": "auc"})})
+    with pytest.raises(InputError) as err:
+        register(bad)
+    assert "'other' is not declared in dvc.yaml artifacts" in str(err.value)
+    assert "register.metric 'auc' is not a number" in str(err.value)
+    assert subprocess.run(["git", "tag"], capture_output=True, text=True).stdout == ""
