@@ -1,0 +1,163 @@
+"""The whole pipeline from a fresh copy of the repo: DVC, DeepSpeed (2 CPU ranks), GTO, Prefect.
+
+Slow (a few minutes): `pytest -m slow` runs these alone; CI runs them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import GIT_ENV, copy_repo, run, set_params
+
+pytestmark = pytest.mark.slow
+DATA_STAGES = ("ingest", "clean", "augment")
+
+
+def lock(repo) -> dict:
+    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+
+def outs(repo, stage) -> dict:
+    return {o["path"]: o["md5"] for o in lock(repo)[stage]["outs"]}
+
+
+@pytest.fixture(scope="module")
+def repro_repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("repro"), master_port=29610)
+    res = run(["dvc", "repro"], repo)
+    return repo, res.stdout
+
+
+@pytest.fixture(scope="module")
+def flow_repo(tmp_path_factory, prefect_server):
+    from flows.pipeline import pipeline
+
+    repo = copy_repo(tmp_path_factory.mktemp("flow"), master_port=29620)
+    return repo, pipeline(repo=str(repo))
+
+
+def test_dvc_repro_trains_evaluates_and_registers(repro_repo):
+    repo, out = repro_repo
+    for stage in ("ingest", "clean", "augment", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in out
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.90, metrics
+
+    # a DeepSpeed checkpoint per epoch, the optimizer state written by both ranks
+    (run_dir,) = [d for d in (repo / "checkpoints").iterdir() if d.is_dir()]
+    latest = (run_dir / "latest").read_text().strip()
+    assert latest == "epoch8"
+    files = {f.name for f in (run_dir / latest).iterdir()}
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
+    assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
+
+    weights = load_file(str(repo / "model/model.safetensors"))
+    assert weights and all(t.dtype.is_floating_point for t in weights.values())
+
+    tags = run(["git", "tag"], repo).stdout.split()
+    assert "digits@v0.0.1" in tags and "digits#prod#1" in tags
+    lineage = json.loads(run(["git", "show", "digits@v0.0.1:registry/lineage.json"], repo).stdout)
+    committed_lock = yaml.safe_load(run(["git", "show", "digits@v0.0.1:dvc.lock"], repo).stdout)["stages"]
+    for stage in DATA_STAGES + ("train",):
+        assert lineage["data"][stage] == {o["path"]: o["md5"] for o in committed_lock[stage]["outs"]}
+
+
+def test_second_repro_runs_no_stage(repro_repo):
+    repo, _ = repro_repo
+    before = (repo / "dvc.lock").read_bytes()
+    out = run(["dvc", "repro"], repo).stdout
+    assert "Running stage" not in out
+    assert (repo / "dvc.lock").read_bytes() == before
+
+
+def test_flow_after_repro_executes_nothing(repro_repo, prefect_server):
+    from flows.pipeline import pipeline
+
+    repo, _ = repro_repo
+    before = (repo / "dvc.lock").read_bytes()
+    summaries = pipeline(repo=str(repo))
+    assert [s["status"] for s in summaries.values()] == ["skipped"] * 6
+    assert (repo / "dvc.lock").read_bytes() == before
+
+
+def test_flow_from_scratch_matches_repro_data(repro_repo, flow_repo):
+    repo, _ = repro_repo
+    fresh, summaries = flow_repo
+    assert all(s["status"] == "ran" for s in summaries.values())
+    for stage in DATA_STAGES:
+        assert outs(fresh, stage) == outs(repo, stage)
+    assert "digits@v0.0.1" in run(["git", "tag"], fresh).stdout.split()
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(flow_repo):
+    repo, _ = flow_repo
+    shutil.rmtree(repo / "checkpoints")
+    set_params(repo, {"train.epochs": 3, "train.master_port": 29630})
+    env = os.environ | GIT_ENV
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((repo / "checkpoints").glob("*/latest")):
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = (repo / "checkpoints").glob("*/latest")
+    interrupted_at = run_dir.read_text().strip()
+    assert interrupted_at in ("epoch1", "epoch2"), interrupted_at
+    epoch = int(interrupted_at[5:])
+
+    out = run(["dvc", "repro", "train"], repo).stdout
+    assert f"resumed from checkpoint" in out and f"(epoch {epoch} of 3)" in out
+    assert f"epoch {epoch}/3 train_loss" not in out  # not trained again
+    assert "epoch 3/3 train_loss" in out
+    history = json.loads((repo / "reports/train_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("problem,expected", [
+    ("empty_source", "empty.csv: the file is empty"),
+    ("no_label_column", "nolabel.csv: label column 'label' not found"),
+    ("unknown_param", "train.epochz: unknown key"),
+])
+def test_bad_input_stops_before_training_and_loses_nothing(repro_repo, problem, expected):
+    repo, _ = repro_repo
+    model_before = (repo / "model/model.safetensors").read_bytes()
+    raw_before = (repo / "data/raw/table.parquet").read_bytes()
+    raw_md5 = outs(repo, "ingest")["data/raw/table.parquet"]
+    sources = repo / "data/sources"
+    if problem == "empty_source":
+        (sources / "empty.csv").write_text("")
+        set_params(repo, {"ingest.source": "data/sources/empty.csv", "ingest.header": True})
+    elif problem == "no_label_column":
+        (sources / "nolabel.csv").write_text("a,b,target\n1,2,0\n3,4,1\n")
+        set_params(repo, {"ingest.source": "data/sources/nolabel.csv", "ingest.header": True})
+    else:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["train"]["epochz"] = 3
+        (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        res = run(["dvc", "repro"], repo, check=False)
+        text = res.stdout + res.stderr
+        assert res.returncode != 0
+        assert expected in text
+        assert "spawned with command" not in text and "train: epoch" not in text  # no rank started
+        # the last good snapshot and model are still in place
+        assert (repo / "model/model.safetensors").read_bytes() == model_before
+        assert (repo / "data/raw/table.parquet").read_bytes() == raw_before
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], repo)
+        for f in sources.glob("*.csv"):
+            f.unlink()
+    assert run(["dvc", "status"], repo).stdout.strip().endswith("Data and pipelines are up to date.")
+    assert outs(repo, "ingest")["data/raw/table.parquet"] == raw_md5
