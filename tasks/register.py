@@ -114,7 +114,8 @@ def commit_state(p: Params, message: str) -> str:
     """Commit what the version must point at: dvc.yaml/lock, params, small outputs."""
     paths = ["dvc.yaml", "dvc.lock", "params.yaml", p.paths.metrics, p.paths.lineage,
              p.paths.train_history, p.paths.confusion, p.paths.figures, p.paths.clean_report]
-    paths += [str(g) for g in Path(".").rglob(".gitignore") if ".venv" not in g.parts and ".dvc" not in g.parts]
+    # the .gitignore files DVC wrote for its outputs (never ones git itself ignores)
+    paths += git("ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore").splitlines()
     git("add", "--", *[str(x) for x in paths if Path(x).exists()])
     if subprocess.run(["git", "diff", "--cached", "--quiet"]).returncode != 0:  # something staged
         ident = [] if git("config", "user.email", check=False) else GIT_IDENTITY
