@@ -35,6 +35,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Compl
 
 def copy_repo(dest: Path, master_port: int) -> Path:
     """A fresh git repo holding the project's files as a clone would (no outputs)."""
+    dest.mkdir(parents=True, exist_ok=True)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
