@@ -43,7 +43,8 @@ def flow_repo(tmp_path_factory, prefect_server):
     from flows.pipeline import pipeline
 
     repo = copy_repo(tmp_path_factory.mktemp("flow"), master_port=29620)
-    return repo, pipeline(repo=str(repo))
+    state = pipeline(repo=str(repo), return_state=True)
+    return repo, state.result(), state.state_details.flow_run_id
 
 
 def test_dvc_repro_trains_evaluates_and_registers(repro_repo):
@@ -92,15 +93,41 @@ def test_flow_after_repro_executes_nothing(repro_repo, prefect_server):
 
 def test_flow_from_scratch_matches_repro_data(repro_repo, flow_repo):
     repo, _ = repro_repo
-    fresh, summaries = flow_repo
+    fresh, summaries, _ = flow_repo
     assert all(s["status"] == "ran" for s in summaries.values())
     for stage in DATA_STAGES:
         assert outs(fresh, stage) == outs(repo, stage)
     assert "digits@v0.0.1" in run(["git", "tag"], fresh).stdout.split()
 
 
+def test_flow_run_shows_stage_output_and_artifacts(flow_repo):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, LogFilter,
+                                                LogFilterFlowRunId)
+
+    repo, _, flow_run_id = flow_repo
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 30
+        while True:  # logs reach the API in batches
+            logs = [log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)]
+            if any("register: digits v0.0.1" in m for m in logs) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    assert any(m.startswith("train: epoch 1/8 train_loss") for m in logs)  # streamed from rank 0
+    assert any(m.startswith("evaluate: test accuracy") for m in logs)
+    assert any("register: digits v0.0.1" in m for m in logs)
+    by_key = {a.key: a for a in artifacts}
+    table = json.loads(by_key["evaluation-metrics"].data)
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert table[-1]["class"] == "macro" and table[-1]["f1"] == round(metrics["f1_macro"], 4)
+    assert "digits v0.0.1" in by_key["registered-model"].data
+
+
 def test_interrupted_training_resumes_from_its_checkpoint(flow_repo):
-    repo, _ = flow_repo
+    repo, _, _ = flow_repo
     shutil.rmtree(repo / "checkpoints")
     set_params(repo, {"train.epochs": 3, "train.master_port": 29630})
     env = os.environ | GIT_ENV
