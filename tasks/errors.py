@@ -8,7 +8,9 @@ Exit codes of `python -m tasks.<stage>`:
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 EXIT_INPUT = 2
 EXIT_TRANSIENT = 75
@@ -22,10 +24,10 @@ class TransientIOError(OSError):
     """An I/O failure worth retrying (a source that may be back in a moment)."""
 
 
-def run_main(body: Callable[[], object]) -> None:
+def run_main(body: Callable[[], T]) -> T:
     """Run a stage's main body, turning known failures into one-line errors."""
     try:
-        body()
+        return body()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_INPUT)

@@ -185,14 +185,13 @@ def launcher_command(p: Train) -> list[str]:
 
 
 def main() -> None:
+    p = run_main(load_params)
     if "LOCAL_RANK" not in os.environ:  # the DVC side: check, then start the ranks
-        run_main(lambda: precheck(load_params()))
-        p = load_params()
+        run_main(lambda: precheck(p))
         sys.exit(subprocess.call(launcher_command(p.train), env=os.environ | {"PYTHONUNBUFFERED": "1"}))
 
     import torch.distributed as dist
 
-    p = load_params()
     run_main(lambda: train(p.train, p.paths.splits, p.paths.checkpoints, p.paths.model, p.paths.train_history))
     sys.stdout.flush()
     sys.stderr.flush()
