@@ -65,7 +65,8 @@ def run_dvc_stage(stage: str, repo: str = ".", timeout_s: float = 3600) -> dict:
 
     def kill_group():
         timed_out.set()
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
     timer = threading.Timer(timeout_s, kill_group)
     timer.start()
@@ -79,8 +80,9 @@ def run_dvc_stage(stage: str, repo: str = ".", timeout_s: float = 3600) -> dict:
         rc = proc.wait()
     finally:
         timer.cancel()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # cancelled or crashed while the stage was running
+            kill_group()
+            proc.wait()
     if rc != 0:
         if timed_out.is_set():
             raise StageFailed(f"stage {stage!r} killed after its {timeout_s:.0f} s timeout")

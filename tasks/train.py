@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from tasks.errors import InputError, run_main
 from tasks.params import Params, Train, load_params
-from tasks.tables import LABEL, feature_names, image_shape_of, read_model_table, sha256_file, write_json
+from tasks.tables import LABEL, atomic_path, feature_names, image_shape_of, read_model_table, sha256_file, write_json
 
 RUN_FILE = "run.json"  # beside the checkpoints: fingerprint, DeepSpeed config, model config
 
@@ -150,8 +150,8 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
         if rank == 0:
             state = {k: v.detach().float().cpu().contiguous() for k, v in engine.module.state_dict().items()}
             meta = {"model": params.model, "config": json.dumps(mcfg), "fingerprint": fp}
-            model_path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(state, str(model_path), metadata=meta)
+            with atomic_path(model_path) as tmp:  # the last good model survives a crash here
+                save_file(state, str(tmp), metadata=meta)
             write_json(history_path, history)
             _prune_other_runs(checkpoints, keep=fp)
     dist.barrier()
