@@ -27,7 +27,7 @@ from tasks.errors import InputError, run_main
 from tasks.params import Params, Register, load_params
 from tasks.tables import read_json, sha256_file, write_json
 
-GIT_IDENTITY = ["-c", "user.name=dagtrain", "-c", "user.email=dagtrain@localhost"]
+FALLBACK_AUTHOR = ("dagtrain", "dagtrain@localhost")  # for machines with no git identity
 DATA_STAGES = ("ingest", "clean", "augment", "train")
 
 
@@ -116,11 +116,20 @@ def commit_state(p: Params, message: str) -> str:
              p.paths.train_history, p.paths.confusion, p.paths.figures, p.paths.clean_report]
     # the .gitignore files DVC wrote for its outputs (never ones git itself ignores)
     paths += git("ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore").splitlines()
-    git("add", "--", *[str(x) for x in paths if Path(x).exists()])
-    if subprocess.run(["git", "diff", "--cached", "--quiet"]).returncode != 0:  # something staged
-        ident = [] if git("config", "user.email", check=False) else GIT_IDENTITY
-        git(*ident, "commit", "-q", "-m", message)
+    paths = [str(x) for x in paths if Path(x).exists()]
+    git("add", "--", *paths)
+    if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths]).returncode != 0:
+        # only these paths: whatever else the user has staged stays staged, uncommitted
+        name, email = author()
+        git("-c", f"user.name={name}", "-c", f"user.email={email}", "commit", "-q", "-m", message, "--", *paths)
     return git("rev-parse", "HEAD")
+
+
+def author() -> tuple[str, str]:
+    """git's own identity if configured, else a fallback so unattended runs can commit and tag."""
+    email = os.environ.get("GIT_AUTHOR_EMAIL") or git("config", "user.email", check=False)
+    name = os.environ.get("GIT_AUTHOR_NAME") or git("config", "user.name", check=False)
+    return (name, email) if name and email else FALLBACK_AUTHOR
 
 
 def register(p: Params, flow_run_id: str | None = None) -> dict:
@@ -147,10 +156,11 @@ def register(p: Params, flow_run_id: str | None = None) -> dict:
     }
     write_json(p.paths.lineage, lineage)
     commit = commit_state(p, f"Register {params.name} {version}: {params.metric} {value:.4f}")
-    gto.api.register(".", params.name, commit, version=version,
+    name, email = author()
+    gto.api.register(".", params.name, commit, version=version, author=name, author_email=email,
                      message=f"{params.name} {version}: {params.metric}={value:.4f}")
     if decision["promote"]:
-        gto.api.assign(".", params.name, params.stage, version=version,
+        gto.api.assign(".", params.name, params.stage, version=version, author=name, author_email=email,
                        message=f"{params.stage}: {decision['reason']}")
     return lineage | {"commit": commit}
 

@@ -83,3 +83,25 @@ def test_undeclared_artifact_and_missing_metric_are_named(repo):
     assert "'other' is not declared in dvc.yaml artifacts" in str(err.value)
     assert "register.metric 'auc' is not a number" in str(err.value)
     assert subprocess.run(["git", "tag"], capture_output=True, text=True).stdout == ""
+
+
+def test_registers_on_a_machine_without_a_git_identity(repo, monkeypatch, tmp_path):
+    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))  # no ~/.gitconfig
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    produce(repo, 0.9, seed=1)
+    assert register(repo)["version"] == "v0.0.1"
+    assert prod_version() == "v0.0.1"
+
+
+def test_other_staged_changes_stay_out_of_the_register_commit(repo):
+    (repo.paths.model.parent.parent / "notes.txt").write_text("work in progress\n")
+    subprocess.run(["git", "add", "notes.txt"], check=True)
+    produce(repo, 0.9, seed=1)
+    rec = register(repo)
+    committed = subprocess.run(["git", "show", "--name-only", "--format=", rec["commit"]],
+                               capture_output=True, text=True, check=True).stdout.split()
+    assert "notes.txt" not in committed and "registry/lineage.json" in committed
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], capture_output=True, text=True).stdout
+    assert staged.split() == ["notes.txt"]
