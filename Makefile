@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup run flow test test-fast bench clean-outputs
+.PHONY: setup run flow test test-fast lint bench
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,9 @@ test: setup         ## every test, the slow end-to-end ones included
 
 test-fast: setup
 	python -m pytest -m "not slow"
+
+lint: setup
+	ruff check .
 
 bench: setup
 	python benchmarks/pipeline_runs.py

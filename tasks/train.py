@@ -98,6 +98,7 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
     """Run on every rank (started by DeepSpeed's launcher); rank 0 writes the files."""
     import deepspeed
     import torch.distributed as dist
+
     from models import build
 
     deepspeed.init_distributed()
@@ -114,6 +115,7 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
     fp = fingerprint(params, splits, world)
     run_dir = checkpoints / fp
     if rank == 0:
+        write_json(run_dir / "ds_config.json", cfg)  # usable as is with DeepSpeed's --deepspeed_config
         write_json(run_dir / RUN_FILE, {"fingerprint": fp, "deepspeed": cfg, "model": params.model,
                                         "model_config": mcfg, "world_size": world})
     start, history = resume(engine, run_dir)

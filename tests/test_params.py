@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from tasks.errors import InputError
 from tasks.params import load_params
@@ -45,7 +46,7 @@ def test_every_problem_reported_at_once(tmp_path):
 
 def test_params_are_frozen():
     p = load_params(ROOT / "params.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         p.train.epochs = 1
 
 

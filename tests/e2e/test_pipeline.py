@@ -61,6 +61,10 @@ def test_dvc_repro_trains_evaluates_and_registers(repro_repo):
     files = {f.name for f in (run_dir / latest).iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
     assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
+    ds = json.loads((run_dir / "ds_config.json").read_text())  # derived from params.yaml's train section
+    train = yaml.safe_load((repo / "params.yaml").read_text())["train"]
+    assert ds["train_batch_size"] == train["batch_size"] * train["grad_accum"] * 2
+    assert ds["zero_optimization"]["stage"] == train["zero_stage"]
 
     weights = load_file(str(repo / "model/model.safetensors"))
     assert weights and all(t.dtype.is_floating_point for t in weights.values())
@@ -102,8 +106,7 @@ def test_flow_from_scratch_matches_repro_data(repro_repo, flow_repo):
 
 def test_flow_run_shows_stage_output_and_artifacts(flow_repo):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, LogFilter,
-                                                LogFilterFlowRunId)
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
 
     repo, _, flow_run_id = flow_repo
     with get_client(sync_client=True) as client:
@@ -145,7 +148,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(flow_repo):
     epoch = int(interrupted_at[5:])
 
     out = run(["dvc", "repro", "train"], repo).stdout
-    assert f"resumed from checkpoint" in out and f"(epoch {epoch} of 3)" in out
+    assert "resumed from checkpoint" in out and f"(epoch {epoch} of 3)" in out
     assert f"epoch {epoch}/3 train_loss" not in out  # not trained again
     assert "epoch 3/3 train_loss" in out
     history = json.loads((repo / "reports/train_history.json").read_text())
