@@ -182,7 +182,10 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
 def main() -> None:
     from tasks.errors import run_main
 
-    run_main(lambda: print(load_params(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_PARAMS)))
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PARAMS
+    params = run_main(lambda: load_params(path))
+    print(yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False), end="")
+    print(f"# {path}: ok", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -88,9 +88,14 @@ def resume(engine, run_dir: Path) -> tuple[int, list]:
     """Load the latest checkpoint of this run, if any: (last finished epoch, history)."""
     if not (run_dir / "latest").exists():
         return 0, []
-    path, state = engine.load_checkpoint(str(run_dir))
+    tag = (run_dir / "latest").read_text().strip()
+    try:
+        path, state = engine.load_checkpoint(str(run_dir))
+    except Exception as e:  # truncated or foreign files: say which, never train on them
+        raise InputError(f"{run_dir}/{tag}: checkpoint cannot be loaded ({type(e).__name__}: {e}); "
+                         f"move {run_dir} away to train from scratch") from None
     if path is None or state is None:
-        raise InputError(f"{run_dir}: the 'latest' checkpoint could not be loaded")
+        raise InputError(f"{run_dir}/{tag}: checkpoint named by 'latest' could not be loaded")
     return state["epoch"], state["history"]
 
 

@@ -155,6 +155,18 @@ def test_interrupted_training_resumes_from_its_checkpoint(flow_repo):
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
+def test_corrupt_checkpoint_is_refused_with_its_name(flow_repo):
+    repo, _, _ = flow_repo  # after the resume test: a finished run whose latest is epoch3
+    (run_dir,) = [d for d in (repo / "checkpoints").iterdir() if d.is_dir()]
+    states = run_dir / "epoch3" / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[:100])  # truncated, as by a full disk
+    model_before = (repo / "model/model.safetensors").read_bytes()
+    res = run([sys.executable, "-m", "tasks.train"], repo, check=False)
+    assert res.returncode != 0
+    assert f"{run_dir.name}/epoch3: checkpoint cannot be loaded" in res.stdout + res.stderr
+    assert (repo / "model/model.safetensors").read_bytes() == model_before
+
+
 def test_users_own_csv_table_trains_by_changing_params_only(tmp_path):
     """A real table (UCI wine, 13 numeric features, string labels) through the MLP."""
     import csv
