@@ -71,6 +71,11 @@ def test_dvc_repro_trains_evaluates_and_registers(repro_repo):
 
     tags = run(["git", "tag"], repo).stdout.split()
     assert "digits@v0.0.1" in tags and "digits#prod#1" in tags
+    # DVC resolves the registered version and the production stage to these exact weights
+    for how in (["--rev", "v0.0.1"], ["--stage", "prod"]):
+        run(["dvc", "artifacts", "get", ".", "digits", *how, "-o", str(repo / "got.safetensors"), "-f"], repo)
+        assert (repo / "got.safetensors").read_bytes() == (repo / "model/model.safetensors").read_bytes()
+    (repo / "got.safetensors").unlink()
     lineage = json.loads(run(["git", "show", "digits@v0.0.1:registry/lineage.json"], repo).stdout)
     committed_lock = yaml.safe_load(run(["git", "show", "digits@v0.0.1:dvc.lock"], repo).stdout)["stages"]
     for stage in DATA_STAGES + ("train",):
