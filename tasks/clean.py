@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from tasks.errors import InputError, run_main
 from tasks.params import Clean, Split, load_params
-from tasks.tables import model_schema, read_json, read_table, write_json, write_table
+from tasks.tables import SPLITS, model_schema, read_json, read_table, write_json, write_table
 
 
 def dedupe(x: np.ndarray, labels: pa.Array) -> np.ndarray:
@@ -46,7 +46,7 @@ def assign_splits(y: np.ndarray, params: Split) -> np.ndarray:
         counts = dict(zip(*np.unique(y, return_counts=True)))
         raise InputError(f"cannot split stratified by label ({e}); rows per class: {counts}") from None
     split = np.empty(len(y), dtype=object)
-    split[train], split[val], split[test] = "train", "val", "test"
+    split[train], split[val], split[test] = SPLITS
     return split
 
 
@@ -99,7 +99,8 @@ def clean(params: Clean, raw_path: Path, manifest_path: Path,
         keep = keep[complete]
     report["missing_values_filled"] = int(np.isnan(x[keep]).sum())
     if len(keep) == 0:
-        raise InputError(f"{raw_path}: no rows left after dropping duplicates and unlabeled rows")
+        raise InputError(f"{raw_path}: no rows left after dropping duplicate, unlabeled "
+                         f"and (with clean.missing: drop) incomplete rows")
 
     x, labels = x[keep], labels.take(keep)
     classes = pc.unique(labels).sort().to_pylist()
@@ -114,7 +115,7 @@ def clean(params: Clean, raw_path: Path, manifest_path: Path,
     write_table(pa.Table.from_arrays(columns, schema=schema), out_path)
     write_json(transform_path, transform)
     report |= {"rows_out": len(y), "classes": len(classes),
-               "split_rows": {s: int((split == s).sum()) for s in ("train", "val", "test")}}
+               "split_rows": {s: int((split == s).sum()) for s in SPLITS}}
     write_json(report_path, report)
     return report
 

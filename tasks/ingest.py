@@ -6,7 +6,7 @@ The source is a local CSV or Parquet file, or `pkg:<module>/<file>` for a file
 shipped inside an installed package (the default: the UCI handwritten digits
 CSV that scikit-learn ships). The snapshot is checked before it is written:
 an empty file, a missing label column or non-numeric features stop the run
-here, long before training, and the previous snapshot stays in DVC's cache.
+here, long before training, and the previous snapshot stays in place.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _read(path: Path, params: Ingest) -> pa.Table:
         table = pacsv.read_csv(path, read_options=opts)
     except pa.ArrowInvalid as e:
         msg = str(e).splitlines()[0]
-        if "Empty CSV file" in msg or "empty" in msg.lower():
+        if "Empty CSV file" in msg:
             raise InputError(f"{path}: the file is empty, expected a header and data rows") from None
         raise InputError(f"{path}: cannot be read as {fmt} ({msg})") from None
     except OSError as e:
@@ -77,15 +77,18 @@ def check_raw(table: pa.Table, path: Path, params: Ingest) -> None:
     problems = []
     if table.num_rows == 0:
         problems.append("no data rows")
+    repeated = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+    if repeated:
+        problems.append(f"column names appear more than once: {', '.join(repeated[:10])}")
     if params.label_column not in table.column_names:
         shown = ", ".join(table.column_names[:12]) + (" ..." if table.num_columns > 12 else "")
         problems.append(f"label column {params.label_column!r} not found (columns: {shown})")
-    features = [c for c in table.column_names if c != params.label_column]
+    fields = [f for f in table.schema if f.name != params.label_column]
+    features = [f.name for f in fields]
     if not features:
         problems.append("no feature columns besides the label")
-    bad = [c for c in features if not pa.types.is_integer(table.schema.field(c).type)
-           and not pa.types.is_floating(table.schema.field(c).type)
-           and not pa.types.is_null(table.schema.field(c).type)]
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
+    bad = [f.name for f in fields if not any(is_type(f.type) for is_type in numeric)]
     if bad:
         problems.append(f"feature columns must be numeric, these are not: {', '.join(bad[:10])}")
     if params.image_shape and len(features) != params.image_shape[0] * params.image_shape[1]:

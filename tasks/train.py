@@ -175,12 +175,23 @@ def _prune_other_runs(checkpoints: Path, keep: str) -> None:
             shutil.rmtree(d)
 
 
+def world_size(p: Train) -> int:
+    """How many ranks the launcher will start (see launcher_command)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else p.num_procs
+
+
 def precheck(p: Params) -> None:
     """Everything that can be checked before any process starts or time is spent."""
-    for split in ("train", "val"):
-        read_model_table(p.paths.splits / f"{split}.parquet")
+    train_rows = read_model_table(p.paths.splits / "train.parquet").num_rows
+    read_model_table(p.paths.splits / "val.parquet")
+    problems, world = [], world_size(p.train)
+    if train_rows // world < p.train.batch_size:  # drop_last would leave no batch at all
+        problems.append(f"train.batch_size {p.train.batch_size} is larger than the {train_rows // world} "
+                        f"training rows each of the {world} ranks gets")
     if p.train.precision == "fp16" and not torch.cuda.is_available():
-        raise InputError("train.precision: fp16 needs a GPU here; use fp32 or bf16 on the CPU")
+        problems.append("train.precision: fp16 needs a GPU here; use fp32 or bf16 on the CPU")
+    if problems:
+        raise InputError("; ".join(problems))
 
 
 def launcher_command(p: Train) -> list[str]:

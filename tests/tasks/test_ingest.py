@@ -76,3 +76,9 @@ def test_corrupt_parquet_is_refused(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(InputError, match=r"bad\.parquet: cannot be read as parquet"):
         ingest(Ingest(source=str(tmp_path / "bad.parquet")), tmp_path / "r.parquet", tmp_path / "m.json")
+
+
+def test_repeated_column_names_are_named(tmp_path):
+    (tmp_path / "s.csv").write_text("a,a,label\n1,2,0\n3,4,1\n")
+    with pytest.raises(InputError, match="column names appear more than once: a"):
+        ingest(Ingest(source=str(tmp_path / "s.csv")), tmp_path / "r.parquet", tmp_path / "m.json")

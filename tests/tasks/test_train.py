@@ -4,6 +4,7 @@ The distributed loop itself runs in tests/e2e (2 CPU ranks over gloo).
 """
 
 import pytest
+import torch
 
 from tasks.errors import InputError
 from tasks.params import Train
@@ -22,11 +23,27 @@ def test_deepspeed_config_follows_params():
     assert cfg["optimizer"]["params"]["torch_adam"] is True  # no FusedAdam build on the CPU
 
 
-def test_launcher_starts_cpu_ranks_without_a_gpu():
+@pytest.mark.parametrize("gpu", [False, True])
+def test_launcher_uses_every_gpu_else_cpu_ranks(monkeypatch, gpu):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     cmd = launcher_command(Train(num_procs=3, master_port=29999))
     assert cmd[1:4] == ["-u", "-m", "deepspeed.launcher.runner"]
-    assert "--num_gpus=3" in cmd and "--master_port=29999" in cmd
+    assert "--master_port=29999" in cmd
+    # with GPUs the launcher's default is every visible one; without, num_procs CPU ranks
+    assert ("--num_gpus=3" in cmd) is not gpu
     assert cmd[-2:] == ["--module", "tasks.train"]
+
+
+def test_precheck_refuses_a_batch_larger_than_a_ranks_share(staged, tmp_path):
+    from tasks.augment import augment
+    from tasks.params import Augment, load_params
+
+    augment(Augment(copies=0), staged["clean"], tmp_path)  # 37 training rows
+    p = load_params(ROOT / "params.yaml")
+    p = p.model_copy(update={"paths": p.paths.model_copy(update={"splits": tmp_path}),
+                             "train": p.train.model_copy(update={"num_procs": 2, "batch_size": 32})})
+    with pytest.raises(InputError, match=r"train\.batch_size 32 is larger than the 18 training rows each of the 2"):
+        precheck(p)
 
 
 def test_precheck_refuses_missing_splits(tmp_path):
