@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
@@ -31,6 +32,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from tasks.errors import EXIT_TRANSIENT
+from tasks.evaluate import CONFUSION_PNG, CURVES_PNG
 from tasks.params import load_params
 
 
@@ -94,18 +96,12 @@ def run_dvc_stage(stage: str, repo: str = ".", timeout_s: float = 3600) -> dict:
     text = "\n".join(lines)
     status = ("ran" if f"Running stage '{stage}'" in text
               else "restored" if "is cached - skipping run" in text else "skipped")
-    return {"stage": stage, "status": status, "ran": status == "ran", "seconds": round(time.monotonic() - start, 1),
+    return {"stage": stage, "status": status, "seconds": round(time.monotonic() - start, 1),
             "outs": _stage_outs(Path(repo), stage)}
 
 
 def retry_if_transient(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except TransientStageFailure:
-        return True
-    except Exception:
-        return False
-    return False
+    return isinstance(state.result(raise_on_failure=False), TransientStageFailure)
 
 
 ingest = task(run_dvc_stage, name="ingest", retries=3, retry_delay_seconds=[2, 10, 30],
@@ -126,8 +122,6 @@ def _png_markdown(path: Path, title: str) -> str:
 
 def publish(repo: Path) -> None:
     """Metrics as a table artifact; figures and the registered version as markdown."""
-    import json
-
     with contextlib.chdir(repo):
         p = load_params()
     metrics = json.loads((repo / p.paths.metrics).read_text())
@@ -144,8 +138,8 @@ def publish(repo: Path) -> None:
           f"- stage `{promo['stage']}`: {'promoted' if promo['promote'] else 'not promoted'} "
           f"({promo['reason']})\n- model sha256: `{lineage['model']['sha256'][:16]}`\n"
           f"- code commit: `{lineage['code_commit']}`\n\n")
-    md += _png_markdown(repo / p.paths.figures / "training_curves.png", "Training curves")
-    md += _png_markdown(repo / p.paths.figures / "confusion_matrix.png", "Confusion matrix")
+    md += _png_markdown(repo / p.paths.figures / CURVES_PNG, "Training curves")
+    md += _png_markdown(repo / p.paths.figures / CONFUSION_PNG, "Confusion matrix")
     create_markdown_artifact(key="registered-model", markdown=md,
                              description=f"{lineage['artifact']} {lineage['version']}")
 
@@ -162,7 +156,7 @@ def pipeline(repo: str = ".", train_timeout_s: float = 3 * 3600) -> dict:
         register(stage="register", repo=repo, timeout_s=600),
     ]
     publish(Path(repo))
-    ran = [s["stage"] for s in summaries if s["ran"]]
+    ran = [s["stage"] for s in summaries if s["status"] == "ran"]
     print(f"stages run: {', '.join(ran) or 'none (everything up to date)'}")
     return {s["stage"]: s for s in summaries}
 

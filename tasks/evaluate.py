@@ -25,6 +25,8 @@ from tasks.errors import InputError, run_main  # noqa: E402
 from tasks.params import Evaluate, load_params  # noqa: E402
 from tasks.tables import LABEL, feature_names, read_json, read_model_table, write_json  # noqa: E402
 
+CURVES_PNG, CONFUSION_PNG = "training_curves.png", "confusion_matrix.png"  # in paths.figures
+
 
 def load_model(path: Path) -> torch.nn.Module:
     """Rebuild a model from a safetensors file alone (its metadata holds the config)."""
@@ -95,9 +97,9 @@ def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path
     figures.mkdir(parents=True, exist_ok=True)
     disp = ConfusionMatrixDisplay.from_predictions(y, pred, labels=labels, display_labels=classes, colorbar=False)
     disp.ax_.set_title(f"Test confusion matrix (accuracy {metrics['accuracy']:.3f})")
-    disp.figure_.savefig(figures / "confusion_matrix.png", dpi=110)
+    disp.figure_.savefig(figures / CONFUSION_PNG, dpi=110)
     plt.close(disp.figure_)
-    plot_curves(read_json(history_path, "training history"), figures / "training_curves.png")
+    plot_curves(read_json(history_path, "training history"), figures / CURVES_PNG)
     return metrics
 
 

@@ -42,8 +42,7 @@ def copy_repo(dest: Path, master_port: int) -> Path:
         if (ROOT / f).is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dest / f)
-    for generated in ("dvc.lock",):
-        (dest / generated).unlink(missing_ok=True)
+    (dest / "dvc.lock").unlink(missing_ok=True)  # a clone has no run of its own yet
     set_params(dest, {"train.master_port": master_port})
     run(["git", "init", "-q", "-b", "main"], dest)
     run(["git", "add", "-A"], dest)
