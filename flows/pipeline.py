@@ -8,8 +8,10 @@ Each stage of dvc.yaml is one Prefect task that runs `dvc repro --single-item
 <stage>`, so DVC decides what is stale and writes dvc.lock exactly as
 `dvc repro` does: a flow run after `dvc repro` executes nothing. The stage's
 output is streamed line by line into the Prefect run log. Ingest is retried
-when it fails on a transient I/O error (exit code 75). Evaluation metrics and
-the registered version are published as Prefect artifacts.
+when it fails on a transient I/O error (exit code 75), and forced when the
+source is a URL (DVC cannot see a remote file change). The data contract
+report (pass or fail), the evaluation metrics and the registered version are
+published as Prefect artifacts.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from prefect.runtime import flow_run
 from tasks.errors import EXIT_TRANSIENT
 from tasks.evaluate import CONFUSION_PNG, CURVES_PNG
 from tasks.params import load_params
+from tasks.sources import is_remote
 
 
 class StageFailed(RuntimeError):
@@ -50,7 +53,7 @@ def _stage_outs(repo: Path, stage: str) -> dict:
     return {o["path"]: o.get("md5") for o in entry.get("outs", [])}
 
 
-def run_dvc_stage(stage: str, repo: str = ".", timeout_s: float = 3600) -> dict:
+def run_dvc_stage(stage: str, repo: str = ".", timeout_s: float = 3600, force: bool = False) -> dict:
     """`dvc repro --single-item <stage>` as a subprocess, its lines in the run log.
 
     The process runs in its own session so that on timeout the whole group
@@ -59,7 +62,7 @@ def run_dvc_stage(stage: str, repo: str = ".", timeout_s: float = 3600) -> dict:
     logger = get_run_logger()
     env = os.environ | {"PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
                         "PREFECT__FLOW_RUN_ID": str(flow_run.get_id() or "")}
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1, start_new_session=True)
@@ -120,6 +123,31 @@ def _png_markdown(path: Path, title: str) -> str:
     return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\n"
 
 
+def publish_contract(repo: Path) -> None:
+    """The data contract report (violations, drift) as a markdown artifact, pass or fail."""
+    with contextlib.chdir(repo):
+        p = load_params()
+    path = repo / p.paths.contract_report
+    if not path.exists():
+        return
+    r = json.loads(path.read_text())
+    status = "passed" if r["ok"] else f"**failed** ({len(r['violations'])} violation(s))"
+    md = [f"# Data contract {status}\n", f"- source: `{r['source']}` ({r['rows']} rows)",
+          f"- data version: `{r.get('version') or 'not written'}`"]
+    if r["violations"]:
+        md += ["", "| check | column | rows | problem | examples |", "|---|---|---|---|---|"]
+        md += [f"| {v['check']} | {v['column'] or ''} | {v['rows']} | {v['message']} | "
+               f"{'; '.join(v['examples'][:3])} |" for v in r["violations"]]
+    d = r.get("drift") or {}
+    if d.get("against"):
+        md += ["", f"## Drift against data version `{d['against']}`",
+               f"- label distribution shift (total variation): {d['label_shift']}"]
+        md += [f"- mean shift of `{k}`: {v} previous stds" for k, v in list(d["mean_shift_top"].items())[:5]]
+        md += [f"- **over the limit**: {e}" for e in d["exceeded"]]
+    create_markdown_artifact(key="data-contract", markdown="\n".join(md) + "\n",
+                             description=f"data contract {'passed' if r['ok'] else 'failed'}")
+
+
 def publish(repo: Path) -> None:
     """Metrics as a table artifact; figures and the registered version as markdown."""
     with contextlib.chdir(repo):
@@ -147,8 +175,13 @@ def publish(repo: Path) -> None:
 @flow(name="training-pipeline", log_prints=True)
 def pipeline(repo: str = ".", train_timeout_s: float = 3 * 3600) -> dict:
     """ingest -> clean -> augment -> train -> evaluate -> register, through DVC."""
-    summaries = [
-        ingest(stage="ingest", repo=repo, timeout_s=600),
+    with contextlib.chdir(repo):
+        remote = is_remote(load_params().ingest.source)
+    try:  # a remote source may have changed without DVC seeing it: always look
+        summaries = [ingest(stage="ingest", repo=repo, timeout_s=600, force=remote)]
+    finally:
+        publish_contract(Path(repo))
+    summaries += [
         clean(stage="clean", repo=repo, timeout_s=600),
         augment(stage="augment", repo=repo, timeout_s=600),
         train(stage="train", repo=repo, timeout_s=train_timeout_s),

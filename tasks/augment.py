@@ -2,9 +2,18 @@
 
     python -m tasks.augment           # what `dvc repro augment` runs
 
-Images (when the table carries an image shape) get small random rotations,
-shifts and Gaussian noise; other tables get noise only. Only the training
-split is augmented, and the same seed gives byte-identical files.
+What a training row gets depends on the data:
+- images (the table carries an image shape): rotation, shift, horizontal and
+  vertical flips and Gaussian noise, each applied with its own probability;
+- tables: Gaussian noise on the numeric columns, and mixup of two rows of the
+  same class (so the label stays exact);
+- text: a BPE tokenizer (Hugging Face tokenizers) is trained on the
+  training split only and saved as `tokenizer.json` beside the split files;
+  every split becomes bag-of-words features (log counts over the vocabulary),
+  and augmented copies drop each token with probability `token_dropout`.
+
+Only the training split is augmented, and the same seed gives byte-identical
+files.
 """
 
 from __future__ import annotations
@@ -18,65 +27,135 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
+from tasks.contract import check_model_table
 from tasks.errors import InputError, run_main
-from tasks.params import Augment, load_params
-from tasks.tables import LABEL, SPLIT, SPLITS, feature_names, image_shape_of, read_model_table, write_table
+from tasks.params import Augment, ImageAug, TableAug, TextAug, load_params
+from tasks.tables import (LABEL, SPLIT, SPLITS, feature_names, image_shape_of, model_schema, read_json,
+                          read_model_table, text_column_of, write_table)
+
+TOKENIZER_FILE = "tokenizer.json"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]"]
 
 
-def augment_images(x: torch.Tensor, shape: tuple[int, int], params: Augment, gen: torch.Generator) -> torch.Tensor:
-    """Rotate, shift and add noise to a batch of flattened images. x: (N, H*W)."""
+def augment_images(x: torch.Tensor, shape: tuple[int, int], p: ImageAug, gen: torch.Generator) -> torch.Tensor:
+    """Rotate, shift, flip and add noise to flattened images, each with its probability. x: (N, H*W)."""
     n, (h, w) = x.shape[0], shape
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(params.rotation_degrees)
-    # affine_grid works in [-1, 1] coordinates, so a shift of p pixels is 2p/size
-    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * params.shift_pixels
+
+    def chosen(prob: float) -> torch.Tensor:  # which rows get this transform
+        return (torch.rand(n, generator=gen) < prob).float()
+
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(p.rotation_degrees) * chosen(p.p_rotate)
+    # affine_grid works in [-1, 1] coordinates, so a shift of s pixels is 2s/size
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * p.shift_pixels * chosen(p.p_shift)[:, None]
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle), -torch.sin(angle)
     theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle), torch.cos(angle)
     theta[:, 0, 2], theta[:, 1, 2] = shift[:, 0] * 2 / w, shift[:, 1] * 2 / h
     images = x.view(n, 1, h, w)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return moved.view(n, h * w)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    hflip, vflip = chosen(p.p_hflip).bool(), chosen(p.p_vflip).bool()
+    out = torch.where(hflip[:, None, None, None], out.flip(-1), out)
+    out = torch.where(vflip[:, None, None, None], out.flip(-2), out)
+    noise = torch.randn(out.shape, generator=gen) * p.noise_std * chosen(p.p_noise)[:, None, None, None]
+    return (out + noise).reshape(n, h * w)
 
 
-def augment_rows(x: np.ndarray, shape: tuple[int, int] | None, params: Augment) -> np.ndarray:
-    """`params.copies` augmented copies of every row, reproducible from params.seed."""
-    gen = torch.Generator().manual_seed(params.seed)
-    base = torch.from_numpy(x)
-    out = []
-    for _ in range(params.copies):
-        batch = augment_images(base, shape, params, gen) if shape else base.clone()
-        batch += torch.randn(batch.shape, generator=gen) * params.noise_std
-        out.append(batch.numpy())
-    return np.concatenate(out) if out else np.empty((0, x.shape[1]), np.float32)
+def augment_table(x: np.ndarray, y: np.ndarray, n_numeric: int, p: TableAug, rng: np.random.Generator) -> np.ndarray:
+    """Mixup within each class (labels stay exact), then noise on the numeric columns."""
+    out = x.copy()
+    if p.mixup_alpha > 0:
+        partner = np.arange(len(y))
+        for c in np.unique(y):
+            rows = np.flatnonzero(y == c)
+            partner[rows] = rng.permutation(rows)
+        lam = rng.beta(p.mixup_alpha, p.mixup_alpha, size=(len(y), 1)).astype(np.float32)
+        out = lam * out + (1 - lam) * out[partner]
+    out[:, :n_numeric] += rng.normal(0, p.noise_std, size=(len(y), n_numeric)).astype(np.float32)
+    return out
 
 
-def augment(params: Augment, clean_path: Path, out_dir: Path) -> dict:
+def train_tokenizer(texts: list[str], p: TextAug):
+    """A BPE tokenizer learned from the training split's texts.
+
+    BPE, not WordPiece: WordPiece training in tokenizers orders its vocabulary
+    differently from one process to the next, so its files were not reproducible.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=p.vocab_size, min_frequency=p.min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False))
+    return tok
+
+
+def bag_of_words(ids: list[list[int]], vocab: int, dropout: float = 0.0,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """log(1 + count) of every token id per text; with dropout, each token is dropped with that p."""
+    out = np.zeros((len(ids), vocab), np.float32)
+    for i, row in enumerate(ids):
+        row = np.asarray(row, np.int64)
+        if dropout and len(row):
+            row = row[rng.random(len(row)) >= dropout]
+        np.add.at(out[i], row, 1.0)
+    return np.log1p(out)
+
+
+def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
+    if not names:
+        return np.empty((table.num_rows, 0), np.float32)
+    return np.column_stack([table[c].to_numpy() for c in names]).astype(np.float32)
+
+
+def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Path) -> dict:
     table = read_model_table(clean_path)
-    features, shape = feature_names(table.schema), image_shape_of(table.schema)
-    counts = {}
-    for split in SPLITS:
-        part = table.filter(pc.equal(table[SPLIT], split))
+    t = read_json(transform_path, "clean transform")
+    check_model_table(table, clean_path, len(t["classes"]))  # the boundary: finite values, labels in range
+    features, shape, text = feature_names(table.schema), image_shape_of(table.schema), text_column_of(table.schema)
+    parts = {s: table.filter(pc.equal(table[SPLIT], s)) for s in SPLITS}
+    for s, part in parts.items():
         if part.num_rows == 0:
-            raise InputError(f"{clean_path}: the {split!r} split has no rows")
-        if split == "train" and params.copies:
-            x = np.column_stack([part[c].to_numpy() for c in features])
-            extra = augment_rows(x, shape, params)
-            y = np.tile(part[LABEL].to_numpy(), params.copies)
-            cols = [pa.array(extra[:, j]) for j in range(len(features))]
-            cols += [pa.array(y), pa.array(np.full(len(y), "train", dtype=object), pa.string())]
-            part = pa.concat_tables([part, pa.Table.from_arrays(cols, schema=table.schema)])
-        write_table(part, Path(out_dir) / f"{split}.parquet")
-        counts[split] = part.num_rows
-    return {"rows": counts, "image_shape": list(shape) if shape else None}
+            raise InputError(f"{clean_path}: the {s!r} split has no rows")
+    rng, gen = np.random.default_rng(params.seed), torch.Generator().manual_seed(params.seed)
+    tok, vocab, names = None, 0, list(features)
+    if text:
+        tok = train_tokenizer(parts["train"][text].to_pylist(), params.text)
+        vocab = tok.get_vocab_size()
+        names += [f"tok{i}" for i in range(vocab)]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tok.save(str(out_dir / TOKENIZER_FILE))
+    schema = model_schema(names, shape)
+    counts = {}
+    for s, part in parts.items():
+        x, y = _matrix(part, features), part[LABEL].to_numpy()
+        ids = [e.ids for e in tok.encode_batch(part[text].to_pylist())] if tok else None
+        blocks = [np.hstack([x, bag_of_words(ids, vocab)]) if tok else x]
+        for _ in range(params.copies if s == "train" else 0):
+            if shape:
+                extra = augment_images(torch.from_numpy(x), shape, params.image, gen).numpy()
+            else:
+                extra = augment_table(x, y, len(t["numeric"]), params.table, rng)
+            if tok:
+                extra = np.hstack([extra, bag_of_words(ids, vocab, params.text.token_dropout, rng)])
+            blocks.append(extra)
+        xs = np.concatenate(blocks)
+        ys = np.tile(y, len(blocks))
+        cols = [pa.array(xs[:, j]) for j in range(xs.shape[1])]
+        cols += [pa.array(ys), pa.array(np.full(len(ys), s, dtype=object), pa.string())]
+        write_table(pa.Table.from_arrays(cols, schema=schema), out_dir / f"{s}.parquet")
+        counts[s] = len(ys)
+    return {"rows": counts, "features": len(names), "image_shape": list(shape) if shape else None,
+            "tokenizer_vocab": vocab or None}
 
 
 def main() -> None:
     def body():
         p = load_params()
-        s = augment(p.augment, p.paths.clean, p.paths.splits)
-        print(f"augment: wrote {s['rows']} rows to {p.paths.splits} "
-              f"({p.augment.copies} augmented copies of each training row)")
+        s = augment(p.augment, p.paths.clean, p.paths.transform, p.paths.splits)
+        print(f"augment: wrote {s['rows']} rows of {s['features']} features to {p.paths.splits} "
+              f"({p.augment.copies} augmented copies of each training row"
+              + (f"; tokenizer vocabulary {s['tokenizer_vocab']}" if s["tokenizer_vocab"] else "") + ")")
 
     run_main(body)
 

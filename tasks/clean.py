@@ -1,12 +1,19 @@
-"""clean: deduplicate, drop unlabeled rows, fill gaps, assign splits, scale.
+"""clean: deduplicate, drop unlabeled rows, assign stable splits, fit and apply the transform.
 
     python -m tasks.clean             # what `dvc repro clean` runs
 
-The split is assigned here (seeded and stratified by label) because the
-statistics used to fill missing values and to scale features must be fitted
-on the training rows only; augment then writes the three split files. The
-fitted statistics are saved as a transform (JSON) that evaluation and
-prediction apply unchanged.
+The raw snapshot is streamed in batches through an Arrow dataset, so a table
+larger than memory is cleaned in three passes that each hold one batch (or
+one column) at a time:
+
+1. hash every row: exact duplicates are found across batches, and each row's
+   split follows from the hash of its key (hashing.py), so adding rows never
+   moves an existing row to another split;
+2. fit the transform (transform.py) on the training rows, one column at a time;
+3. apply it batch by batch and write the clean table.
+
+The fitted transform is saved as JSON and applied unchanged at evaluation and
+prediction time.
 """
 
 from __future__ import annotations
@@ -16,106 +23,154 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sklearn.model_selection import train_test_split
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
+from tasks import transform as tf
+from tasks.contract import kind_of, missing_mask
 from tasks.errors import InputError, run_main
-from tasks.params import Clean, Split, load_params
-from tasks.tables import SPLITS, model_schema, read_json, read_table, write_json, write_table
+from tasks.hashing import assign_splits, row_hash
+from tasks.params import Clean, load_params
+from tasks.tables import SPLITS, atomic_path, model_schema, read_json, sha256_file, write_json
 
 
-def dedupe(x: np.ndarray, labels: pa.Array) -> np.ndarray:
-    """Indices of the first occurrence of each distinct (features, label) row, in order."""
-    codes = pc.dictionary_encode(labels).indices.to_numpy(zero_copy_only=False)
-    rows = np.column_stack([x, np.nan_to_num(codes.astype(np.float64), nan=-1.0)])
-    rows = np.ascontiguousarray(rows)
-    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
-    _, first = np.unique(keys, return_index=True)
-    return np.sort(first)
-
-
-def assign_splits(y: np.ndarray, params: Split) -> np.ndarray:
-    """A seeded, stratified train/val/test assignment, one string per row."""
-    idx = np.arange(len(y))
-    held_out = params.val_fraction + params.test_fraction
+def open_raw(raw_path: Path, manifest: dict) -> ds.Dataset:
+    """The raw snapshot as a dataset, categorical columns read as dictionaries (hashed once per value)."""
     try:
-        train, rest = train_test_split(idx, test_size=held_out, stratify=y, random_state=params.seed)
-        val, test = train_test_split(
-            rest, test_size=params.test_fraction / held_out, stratify=y[rest], random_state=params.seed
-        )
-    except ValueError as e:
-        counts = dict(zip(*np.unique(y, return_counts=True)))
-        raise InputError(f"cannot split stratified by label ({e}); rows per class: {counts}") from None
-    split = np.empty(len(y), dtype=object)
-    split[train], split[val], split[test] = SPLITS
-    return split
+        schema = pq.read_schema(raw_path)
+    except FileNotFoundError:
+        raise InputError(f"{raw_path}: raw snapshot not found; run ingest first") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{raw_path}: not a readable Parquet file ({e})") from None
+    cats = [f.name for f in schema if kind_of(f, manifest.get("text_column")) == "category"]
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=cats))
+    return ds.dataset(raw_path, format=fmt)
 
 
-def fit_transform(x: np.ndarray, train: np.ndarray, params: Clean, features: list[str]) -> dict:
-    """Fit fill values and scaling on the training rows; return the transform."""
-    xt = x[train]
-    all_missing = [features[j] for j in np.flatnonzero(np.isnan(xt).all(axis=0))]
-    if all_missing and params.missing != "drop":
-        raise InputError(f"columns with no value in any training row: {', '.join(all_missing[:10])}")
-    fill = np.nanmedian(xt, axis=0) if params.missing == "median" else np.nanmean(xt, axis=0)
-    xt = np.where(np.isnan(xt), fill, xt)
-    axis = 0 if params.per_column else None
-    if params.scaling == "standard":
-        center, scale = xt.mean(axis=axis), xt.std(axis=axis)
-    elif params.scaling == "minmax":
-        center, scale = xt.min(axis=axis), xt.max(axis=axis) - xt.min(axis=axis)
-    else:
-        center, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
-    center = np.broadcast_to(center, x.shape[1])
-    scale = np.where(np.broadcast_to(scale, x.shape[1]) > 0, scale, 1.0)  # constant columns
-    return {"features": features, "fill": fill.tolist(), "center": center.tolist(),
-            "scale": scale.tolist(), "missing": params.missing, "scaling": params.scaling}
+def _sorted_classes(labels: pa.ChunkedArray) -> list[str]:
+    """Distinct labels as strings, numeric labels in numeric order."""
+    uniq = pc.unique(labels.drop_null())
+    if pa.types.is_dictionary(uniq.type):
+        uniq = uniq.dictionary_decode()
+    order = pc.sort_indices(uniq)
+    return pc.cast(uniq.take(order), pa.string()).to_pylist()
 
 
-def apply_transform(x: np.ndarray, transform: dict) -> np.ndarray:
-    """Fill and scale raw features exactly as at training time (also for prediction)."""
-    fill, center, scale = (np.asarray(transform[k]) for k in ("fill", "center", "scale"))
-    return ((np.where(np.isnan(x), fill, x) - center) / scale).astype(np.float32)
+def scan(dataset: ds.Dataset, label: str, text: str | None, params: Clean) -> dict:
+    """Pass 1: row hashes, key hashes, labels, and which rows a `drop` strategy removes."""
+    names = dataset.schema.names
+    keys = list(params.split.key_columns)
+    unknown = [k for k in keys + list(params.missing_columns) if k not in names]
+    if unknown:
+        raise InputError(f"clean: unknown column(s) {unknown} in clean.split.key_columns or "
+                         f"clean.missing_columns (columns: {', '.join(names[:12])})")
+    kinds = {f.name: kind_of(f, text) for f in dataset.schema if f.name not in (label, text)}
+    drop_cols = [c for c, kind in kinds.items() if tf.strategy_of(c, kind, params) == "drop"]
+    rows, key_hashes, incomplete = [], [], []
+    for batch in dataset.to_batches(batch_size=params.batch_rows):
+        h = row_hash(batch, names)
+        rows.append(h)
+        key_hashes.append(row_hash(batch, keys) if keys else h)
+        gap = np.zeros(batch.num_rows, bool)
+        for c in drop_cols:
+            gap |= missing_mask(pa.chunked_array([batch.column(c)])).to_numpy()
+        incomplete.append(gap)
+    labels = dataset.to_table(columns=[label])[label]
+    cat = np.concatenate if rows else (lambda _: np.empty(0))
+    return {"rows": cat(rows), "keys": cat(key_hashes), "incomplete": cat(incomplete).astype(bool),
+            "labels": labels}
 
 
-def clean(params: Clean, raw_path: Path, manifest_path: Path,
-          out_path: Path, transform_path: Path, report_path: Path) -> dict:
+def select(scanned: dict, params: Clean, raw_path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Rows kept (first of each duplicate, labeled, complete) and each row's split."""
+    h, n = scanned["rows"], len(scanned["rows"])
+    keep = np.zeros(n, bool)
+    keep[np.unique(h, return_index=True)[1]] = True
+    report = {"rows_in": n, "duplicates_dropped": int(n - keep.sum())}
+    labeled = pc.is_valid(scanned["labels"]).to_numpy(zero_copy_only=False)
+    report["unlabeled_dropped"] = int((keep & ~labeled).sum())
+    keep &= labeled
+    report["incomplete_dropped"] = int((keep & scanned["incomplete"]).sum())
+    keep &= ~scanned["incomplete"]
+    if not keep.any():
+        raise InputError(f"{raw_path}: no rows left after dropping duplicate, unlabeled and incomplete rows")
+    return keep, assign_splits(scanned["keys"], params.split), report
+
+
+def check_split_labels(labels: pa.ChunkedArray, keep: np.ndarray, split: np.ndarray, raw_path: Path) -> list[str]:
+    """The classes; every label in val or test must also be in train."""
+    kept = labels.filter(pa.array(keep))
+    sp = split[keep]
+    per = {s: set(_sorted_classes(kept.filter(pa.array(sp == i)))) for i, s in enumerate(SPLITS)}
+    problems = []
+    for i, s in enumerate(SPLITS):
+        if not per[s]:
+            problems.append(f"the {s} split has no rows")
+        elif s != "train" and per[s] - per["train"]:
+            problems.append(f"label value(s) {sorted(per[s] - per['train'])} are in {s} but in no training row")
+    if problems:
+        raise InputError(f"{raw_path}: cannot split: {'; '.join(problems)}; add rows of those classes, or "
+                         f"change clean.split (fractions or seed)")
+    return _sorted_classes(kept)
+
+
+def fit(dataset: ds.Dataset, manifest: dict, train: np.ndarray, classes: list[str], params: Clean) -> dict:
+    """Pass 2: the transform, fitted on training rows, one column in memory at a time."""
+    label, text = manifest["label_column"], manifest.get("text_column")
+    numeric, categorical, mask = [], [], pa.array(train)
+    for field in dataset.schema:
+        if field.name in (label, text):
+            continue
+        col = dataset.to_table(columns=[field.name])[field.name].filter(mask)
+        if kind_of(field, text) == "number":
+            numeric.append(tf.fit_numeric(field.name, tf._numeric(col), params))
+        else:
+            categorical.append(tf.fit_category(field.name, col, params))
+    t = {"numeric": tf.finish_scaling(numeric, params), "categorical": categorical,
+         "label_column": label, "classes": classes, "text_column": text, "text": params.text.model_dump(),
+         "image_shape": manifest.get("image_shape"), "data_version": manifest.get("version")}
+    t["features"] = tf.feature_names(t)
+    return t
+
+
+def write_clean(dataset: ds.Dataset, t: dict, keep: np.ndarray, split: np.ndarray, out_path: Path,
+                batch_rows: int) -> dict:
+    """Pass 3: transform every kept row, batch by batch, into the clean table."""
+    schema = model_schema(t["features"], t["image_shape"], t["text_column"])
+    split_names, offset = pa.array(SPLITS), 0
+    missing = dict.fromkeys([c["name"] for c in t["numeric"] + t["categorical"]], 0)
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=1,
+                                                         use_dictionary=[schema.names[-1]]) as writer:
+        for batch in dataset.to_batches(batch_size=batch_rows):
+            n = batch.num_rows
+            m, offset = keep[offset:offset + n], offset + n
+            batch = batch.filter(pa.array(m))
+            for name in missing:
+                missing[name] += int(pc.sum(missing_mask(pa.chunked_array([batch.column(name)]))).as_py() or 0)
+            arrays, text = tf.apply(batch, t)
+            y = tf.label_codes(batch.column(t["label_column"]), t["classes"])
+            cols = arrays + ([text] if text is not None else [])
+            cols += [pa.array(y), split_names.take(pa.array(split[offset - n:offset][m]))]
+            writer.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema))
+    return {"missing_values_filled": sum(missing.values()), "missing_by_column": {k: v for k, v in missing.items()
+                                                                                   if v}}
+
+
+def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, transform_path: Path,
+          report_path: Path) -> dict:
     manifest = read_json(manifest_path, "ingest manifest")
-    table = read_table(raw_path)
-    label_col = manifest["label_column"]
-    if label_col not in table.column_names:
-        raise InputError(f"{raw_path}: label column {label_col!r} not found")
-    features = [c for c in table.column_names if c != label_col]
-    x = np.column_stack([table[c].cast(pa.float64()).to_numpy(zero_copy_only=False) for c in features])
-    labels = table[label_col].combine_chunks()
-    report = {"rows_in": table.num_rows}
-
-    keep = dedupe(x, labels)
-    report["duplicates_dropped"] = table.num_rows - len(keep)
-    keep = keep[pc.is_valid(labels.take(keep)).to_numpy(zero_copy_only=False)]
-    report["unlabeled_dropped"] = table.num_rows - report["duplicates_dropped"] - len(keep)
-    if params.missing == "drop":
-        complete = ~np.isnan(x[keep]).any(axis=1)
-        report["incomplete_dropped"] = int((~complete).sum())
-        keep = keep[complete]
-    report["missing_values_filled"] = int(np.isnan(x[keep]).sum())
-    if len(keep) == 0:
-        raise InputError(f"{raw_path}: no rows left after dropping duplicate, unlabeled "
-                         f"and (with clean.missing: drop) incomplete rows")
-
-    x, labels = x[keep], labels.take(keep)
-    classes = pc.unique(labels).sort().to_pylist()
-    y = pc.index_in(labels, value_set=pa.array(classes)).to_numpy(zero_copy_only=False).astype(np.int64)
-    split = assign_splits(y, params.split)
-    transform = fit_transform(x, split == "train", params, features)
-    transform |= {"classes": classes, "label_column": label_col, "image_shape": manifest["image_shape"]}
-    xs = apply_transform(x, transform)
-
-    schema = model_schema(features, manifest["image_shape"])
-    columns = [pa.array(xs[:, j]) for j in range(len(features))] + [pa.array(y), pa.array(split, pa.string())]
-    write_table(pa.Table.from_arrays(columns, schema=schema), out_path)
-    write_json(transform_path, transform)
-    report |= {"rows_out": len(y), "classes": len(classes),
-               "split_rows": {s: int((split == s).sum()) for s in SPLITS}}
+    if sha256_file(raw_path) != manifest.get("sha256"):  # the boundary: only data that passed the contract
+        raise InputError(f"{raw_path}: does not match the hash in {manifest_path}; rerun ingest")
+    dataset = open_raw(raw_path, manifest)
+    label = manifest["label_column"]
+    scanned = scan(dataset, label, manifest.get("text_column"), params)
+    keep, split, report = select(scanned, params, raw_path)
+    classes = check_split_labels(scanned["labels"], keep, split, raw_path)
+    t = fit(dataset, manifest, keep & (split == 0), classes, params)
+    report |= write_clean(dataset, t, keep, split, out_path, params.batch_rows)
+    write_json(transform_path, t)
+    report |= {"rows_out": int(keep.sum()), "classes": len(classes), "features": len(t["features"]),
+               "split_rows": {s: int((keep & (split == i)).sum()) for i, s in enumerate(SPLITS)}}
     write_json(report_path, report)
     return report
 
@@ -123,11 +178,11 @@ def clean(params: Clean, raw_path: Path, manifest_path: Path,
 def main() -> None:
     def body():
         p = load_params()
-        r = clean(p.clean, p.paths.raw, p.paths.raw_manifest,
-                  p.paths.clean, p.paths.transform, p.paths.clean_report)
-        print(f"clean: {r['rows_in']} rows in, {r['duplicates_dropped']} duplicates and "
-              f"{r['unlabeled_dropped']} unlabeled dropped, {r['missing_values_filled']} values "
-              f"filled, {r['rows_out']} rows out {r['split_rows']}")
+        r = clean(p.clean, p.paths.raw, p.paths.raw_manifest, p.paths.clean, p.paths.transform,
+                  p.paths.clean_report)
+        print(f"clean: {r['rows_in']} rows in, {r['duplicates_dropped']} duplicates, {r['unlabeled_dropped']} "
+              f"unlabeled and {r['incomplete_dropped']} incomplete dropped, {r['missing_values_filled']} values "
+              f"filled, {r['rows_out']} rows out {r['split_rows']}, {r['features']} features")
 
     run_main(body)
 

@@ -1,119 +1,81 @@
-"""ingest: read a source into a versioned raw snapshot (Parquet + manifest).
+"""ingest: read a source, check it against the data contract, snapshot it as a data version.
 
     python -m tasks.ingest            # what `dvc repro ingest` runs
 
-The source is a local CSV or Parquet file, or `pkg:<module>/<file>` for a file
-shipped inside an installed package (the default: the UCI handwritten digits
-CSV that scikit-learn ships). The snapshot is checked before it is written:
-an empty file, a missing label column or non-numeric features stop the run
-here, long before training, and the previous snapshot stays in place.
+The source (tasks/sources.py: files, folders, image folders, URLs) is read
+whole, checked against the contract in params.yaml (tasks/contract.py) and
+written as a Parquet snapshot plus a manifest. The snapshot's content hash is
+the data version: unchanged data gives byte-identical files, so DVC reruns
+nothing downstream; changed data gives a new version, and earlier versions
+stay in DVC's cache and git history (`dvc get . data/raw/table.parquet --rev <commit>`).
+
+The contract report (violations, profile, drift against the previous version)
+is written whether or not the data passes; on a violation the previous
+snapshot stays in place and the stage fails with every problem listed.
 """
 
 from __future__ import annotations
 
-import errno
-import importlib.resources
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from tasks.errors import InputError, TransientIOError, run_main
-from tasks.params import Ingest, load_params
-from tasks.tables import sha256_file, write_json, write_table
-
-# errno values that mean "the file is not there / not allowed", not "try again"
-_PERMANENT = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM}
+from tasks import contract as dc
+from tasks.errors import InputError, run_main
+from tasks.params import Contract, Ingest, load_params
+from tasks.sources import read_source
+from tasks.tables import read_json, sha256_file, write_json, write_table
 
 
-def resolve_source(source: str) -> Path:
-    """A local path, or `pkg:module/relative/file` inside an installed package."""
-    if source.startswith("pkg:"):
-        module, _, rel = source[4:].partition("/")
-        try:
-            root = importlib.resources.files(module)
-        except ModuleNotFoundError:
-            raise InputError(f"ingest.source {source!r}: no installed package {module!r}") from None
-        return Path(str(root.joinpath(rel)))
-    return Path(source)
+def _plain(table: pa.Table) -> pa.Table:
+    """Dictionary columns (e.g. pandas categoricals in Parquet) become plain columns."""
+    fields = [pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in table.schema]
+    return table.cast(pa.schema(fields)) if fields != list(table.schema) else table
 
 
-def _format_of(path: Path, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    suffixes = "".join(path.suffixes).lower()
-    if ".parquet" in suffixes or suffixes.endswith(".pq"):
-        return "parquet"
-    if ".csv" in suffixes or ".tsv" in suffixes:
-        return "csv"
-    raise InputError(f"{path}: cannot tell the format from the name; set ingest.format")
-
-
-def _read(path: Path, params: Ingest) -> pa.Table:
-    fmt = _format_of(path, params.format)
+def _previous(manifest_path: Path, report_path: Path) -> tuple[dict | None, dict | None]:
     try:
-        if fmt == "parquet":
-            return pq.read_table(path)
-        opts = pacsv.ReadOptions(autogenerate_column_names=not params.header)
-        table = pacsv.read_csv(path, read_options=opts)
-    except pa.ArrowInvalid as e:
-        msg = str(e).splitlines()[0]
-        if "Empty CSV file" in msg:
-            raise InputError(f"{path}: the file is empty, expected a header and data rows") from None
-        raise InputError(f"{path}: cannot be read as {fmt} ({msg})") from None
-    except OSError as e:
-        if isinstance(e, FileNotFoundError) or e.errno in _PERMANENT:
-            raise InputError(f"{path}: cannot open source ({e.strerror or e})") from None
-        raise TransientIOError(f"{path}: {e}") from e
-    if not params.header:  # x0..x{n-2} and the label last, as in the digits CSV
-        n = table.num_columns
-        table = table.rename_columns([f"x{i}" for i in range(n - 1)] + [params.label_column])
-    return table
+        return read_json(manifest_path, "manifest"), read_json(report_path, "report")
+    except InputError:
+        return None, None
 
 
-def check_raw(table: pa.Table, path: Path, params: Ingest) -> None:
-    """Collect every problem of a raw table, then raise them together."""
-    problems = []
-    if table.num_rows == 0:
-        problems.append("no data rows")
-    repeated = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
-    if repeated:
-        problems.append(f"column names appear more than once: {', '.join(repeated[:10])}")
-    if params.label_column not in table.column_names:
-        shown = ", ".join(table.column_names[:12]) + (" ..." if table.num_columns > 12 else "")
-        problems.append(f"label column {params.label_column!r} not found (columns: {shown})")
-    fields = [f for f in table.schema if f.name != params.label_column]
-    features = [f.name for f in fields]
-    if not features:
-        problems.append("no feature columns besides the label")
-    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
-    bad = [f.name for f in fields if not any(is_type(f.type) for is_type in numeric)]
-    if bad:
-        problems.append(f"feature columns must be numeric, these are not: {', '.join(bad[:10])}")
-    if params.image_shape and len(features) != params.image_shape[0] * params.image_shape[1]:
-        h, w = params.image_shape
-        problems.append(f"ingest.image_shape {h}x{w} needs {h * w} feature columns, found {len(features)}")
-    if problems:
-        raise InputError(f"{path}: " + "; ".join(problems))
-
-
-def ingest(params: Ingest, raw_path: Path, manifest_path: Path) -> dict:
-    """Snapshot the source into `raw_path`; write its manifest; return the manifest."""
-    source = resolve_source(params.source)
-    table = _read(source, params)
-    check_raw(table, source, params)
+def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Path, report_path: Path,
+           log=print) -> dict:
+    """Snapshot the source into `raw_path` if it keeps the contract; return the manifest."""
+    source = read_source(params, log)
+    table = _plain(source.table)
+    violations = dc.check(table, contract, params)
+    prof = dc.profile(table, params.label_column, params.text_column) if not any(
+        v["check"] in ("columns", "type") for v in violations) else None
+    old_manifest, old_report = _previous(manifest_path, report_path)
+    report = {"source": params.source, "source_sha256": source.sha256, "rows": table.num_rows,
+              "violations": violations, "drift": {"against": None, "exceeded": []}}
+    if prof is not None:
+        prof["version"] = None  # filled in below once the snapshot's hash is known
+        same = old_manifest and old_manifest.get("source_sha256") == source.sha256
+        if same and old_report and old_report.get("ok") and old_report.get("version") == old_manifest["version"]:
+            report["drift"] = old_report.get("drift", report["drift"])  # the same data: keep its comparison
+        else:
+            report["drift"] = dc.drift(old_manifest.get("profile") if old_manifest else None, prof, contract.drift)
+        if contract.drift.gate:
+            violations += [dc.violation("drift", None, table.num_rows, msg) for msg in report["drift"]["exceeded"]]
+    report["ok"] = not violations
+    if violations:
+        write_json(report_path, report)
+        raise InputError(dc.format_violations(params.source, violations, report_path))
     write_table(table, raw_path)
+    digest = sha256_file(raw_path)
+    prof["version"] = digest[:16]
     manifest = {
-        "source": params.source,
-        "source_sha256": sha256_file(source),
-        "rows": table.num_rows,
-        "label_column": params.label_column,
+        "version": digest[:16], "sha256": digest, "source": params.source, "source_sha256": source.sha256,
+        "files": source.files, "rows": table.num_rows, "label_column": params.label_column,
+        "text_column": params.text_column,
         "image_shape": list(params.image_shape) if params.image_shape else None,
-        "schema": {f.name: str(f.type) for f in table.schema},
-        "sha256": sha256_file(raw_path),
+        "schema": {f.name: str(f.type) for f in table.schema}, "profile": prof,
     }
     write_json(manifest_path, manifest)
+    write_json(report_path, report | {"version": digest[:16]})
     return manifest
 
 
@@ -121,12 +83,12 @@ def main() -> None:
     def body():
         p = load_params()
         src = p.ingest.source
-        if not src.startswith("pkg:") and not Path(src).resolve().is_relative_to(p.paths.sources.resolve()):
+        if ":" not in src.split("/")[0] and not Path(src).resolve().is_relative_to(p.paths.sources.resolve()):
             print(f"ingest: warning: {src} is outside {p.paths.sources}/, so DVC will not rerun "
                   f"ingest when it changes; move it there", flush=True)
-        m = ingest(p.ingest, p.paths.raw, p.paths.raw_manifest)
-        print(f"ingest: {m['rows']} rows, {len(m['schema'])} columns from {m['source']} "
-              f"-> {p.paths.raw} (sha256 {m['sha256'][:12]})")
+        m = ingest(p.ingest, p.contract, p.paths.raw, p.paths.raw_manifest, p.paths.contract_report)
+        print(f"ingest: data version {m['version']}: {m['rows']} rows, {len(m['schema'])} columns "
+              f"from {m['source']} -> {p.paths.raw}")
 
     run_main(body)
 

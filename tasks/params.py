@@ -30,7 +30,8 @@ class Paths(Section):
 
     sources: Path = Field(description="folder of local source files (an ingest dep)")
     raw: Path = Field(description="ingest: raw snapshot (Parquet)")
-    raw_manifest: Path = Field(description="ingest: row count, schema, hash, source")
+    raw_manifest: Path = Field(description="ingest: data version, row count, schema, profile, source")
+    contract_report: Path = Field(description="ingest: data contract violations and drift (JSON)")
     clean: Path = Field(description="clean: cleaned table with a `split` column")
     transform: Path = Field(description="clean: fitted imputation/scaling for inference")
     clean_report: Path = Field(description="clean: counts of what was dropped/filled")
@@ -45,36 +46,133 @@ class Paths(Section):
 
 
 class Ingest(Section):
-    """Where the data comes from."""
+    """Where the data comes from: a file, a folder, or a remote URL."""
 
     source: str = Field(
-        description="a CSV or Parquet path, or pkg:<module>/<file> for a file shipped in a package"
+        description="a local file or folder (CSV, Parquet, JSON lines, or image folders with one subfolder "
+        "per class), an fsspec URL (http(s)://, s3:// with the s3 extra), or pkg:<module>/<file>"
     )
-    format: Literal["auto", "csv", "parquet"] = Field("auto", description="auto: by suffix")
+    format: Literal["auto", "csv", "parquet", "jsonl", "images"] = Field("auto", description="auto: by suffix")
     header: bool = Field(True, description="CSV only: first row holds column names")
+    delimiter: str = Field(",", min_length=1, max_length=1, description="CSV only")
+    encoding: str = Field("utf8", description="CSV only: text encoding of the file, e.g. latin-1")
     label_column: str = Field("label", description="column with the class label")
+    text_column: str | None = Field(None, description="a free-text column: normalised by clean, "
+                                    "tokenized by augment")
     image_shape: tuple[int, int] | None = Field(
-        None, description="(height, width) when the features are an image's pixels"
+        None, description="(height, width) when the features are an image's pixels; required for image folders"
     )
+    retries: int = Field(3, ge=0, le=20, description="remote sources: retries on transient errors")
+    timeout_s: float = Field(60.0, gt=0, description="remote sources: seconds per attempt")
+    storage_options: dict[str, str | int | float | bool] = Field(
+        {}, description="remote sources: fsspec options, e.g. endpoint_url; credentials come from the environment"
+    )
+
+
+ColumnType = Literal["number", "category", "text"]
+
+
+class ColumnRule(Section):
+    """What one column of the source must look like."""
+
+    type: ColumnType | None = Field(None, description="number, category or text; None: any of them")
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[str | int | float, ...] | None = Field(None, description="the only values allowed")
+    max_null_ratio: float | None = Field(None, ge=0, le=1, description="overrides contract.max_null_ratio")
+
+
+class Drift(Section):
+    """Drift of a new data version against the previous one."""
+
+    gate: bool = Field(False, description="true: drift beyond the limits stops the run like a violation")
+    max_label_shift: float = Field(0.1, ge=0, le=1, description="total variation distance of the labels")
+    max_mean_shift: float = Field(0.5, ge=0, description="|mean change| of a numeric column, in previous stds")
+
+
+class Contract(Section):
+    """The data contract, checked at ingest and at every stage boundary."""
+
+    columns: dict[str, ColumnRule] = Field({}, description="declared columns; the label column may be one")
+    only_declared: bool = Field(False, description="refuse columns that are not declared")
+    min_rows: int = Field(1, ge=1)
+    max_null_ratio: float = Field(0.5, ge=0, le=1, description="for every column without its own limit")
+    min_class_rows: int = Field(1, ge=1, description="rows every class must have")
+    max_class_ratio: float | None = Field(None, ge=1, description="largest class / smallest class, at most")
+    examples: int = Field(5, ge=1, le=100, description="example rows shown per violation")
+    drift: Drift = Drift()
+
+
+MissingStrategy = Literal["drop", "mean", "median", "mode", "constant"]
 
 
 class Split(Section):
+    """Hash-based assignment: a row's split depends on its key only, so it never moves."""
+
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
-    seed: int = 42
+    seed: int = Field(42, description="salt of the row hash")
+    key_columns: tuple[str, ...] = Field((), description="columns that identify a row; () = all columns")
+
+
+class TextNorm(Section):
+    lowercase: bool = True
+    strip_accents: bool = True
+    collapse_whitespace: bool = True
 
 
 class Clean(Section):
-    """Cleaning; statistics are fitted on the training rows only."""
+    """Cleaning; every statistic is fitted on the training rows only."""
 
-    missing: Literal["median", "mean", "drop"] = Field(
-        "median", description="what to do with a missing feature value"
-    )
+    missing: MissingStrategy = Field("median", description="numeric columns: what fills a missing value")
+    missing_category: Literal["drop", "mode", "constant"] = Field(
+        "constant", description="categorical columns: constant makes 'missing' a category of its own")
+    missing_columns: dict[str, MissingStrategy] = Field({}, description="per-column strategy, by name")
+    fill_value: float = Field(0.0, description="numeric fill for the constant strategy")
+    fill_category: str = "(missing)"
+    outliers: tuple[float, float] | None = Field(
+        None, description="(low, high) training quantiles numeric values are clipped to, e.g. [0.01, 0.99]")
     scaling: Literal["standard", "minmax", "none"] = "standard"
     per_column: bool = Field(
-        True, description="one scale per column (tables) or one for all (pixels)"
+        True, description="one scale per column (tables) or one for all numeric columns (pixels)"
     )
+    categorical: Literal["onehot", "ordinal"] = Field(
+        "onehot", description="unseen categories: all zeros (onehot) or -1 (ordinal)")
+    max_categories: int = Field(100, ge=2, description="more distinct values than this: declare a text column")
+    text: TextNorm = TextNorm()
     split: Split = Split()
+    batch_rows: int = Field(262_144, ge=1024, description="rows per batch; tables larger than memory stream")
+
+    @model_validator(mode="after")
+    def _quantiles(self) -> Clean:
+        if self.outliers and not 0 <= self.outliers[0] < self.outliers[1] <= 1:
+            raise ValueError(f"outliers: expected 0 <= low < high <= 1, got {list(self.outliers)}")
+        return self
+
+
+class ImageAug(Section):
+    """Each transform is applied to a row with its probability."""
+
+    rotation_degrees: float = Field(10.0, ge=0, le=180)
+    p_rotate: float = Field(1.0, ge=0, le=1)
+    shift_pixels: float = Field(1.0, ge=0)
+    p_shift: float = Field(1.0, ge=0, le=1)
+    p_hflip: float = Field(0.0, ge=0, le=1, description="leave 0 where mirror images mean something else")
+    p_vflip: float = Field(0.0, ge=0, le=1)
+    noise_std: float = Field(0.05, ge=0)
+    p_noise: float = Field(1.0, ge=0, le=1)
+
+
+class TableAug(Section):
+    noise_std: float = Field(0.05, ge=0, description="Gaussian noise on the scaled numeric features")
+    mixup_alpha: float = Field(0.0, ge=0, description="Beta(a, a) mixup of two rows of one class; 0 disables")
+
+
+class TextAug(Section):
+    vocab_size: int = Field(2000, ge=16, description="BPE vocabulary, trained on the training split")
+    min_frequency: int = Field(2, ge=1)
+    token_dropout: float = Field(0.1, ge=0, lt=1, description="augmented copies drop each token with this p")
 
 
 class Augment(Section):
@@ -82,9 +180,9 @@ class Augment(Section):
 
     seed: int = 0
     copies: int = Field(1, ge=0, description="augmented copies of each training row")
-    rotation_degrees: float = Field(10.0, ge=0, le=180)
-    shift_pixels: float = Field(1.0, ge=0)
-    noise_std: float = Field(0.05, ge=0)
+    image: ImageAug = ImageAug()
+    table: TableAug = TableAug()
+    text: TextAug = TextAug()
 
 
 class MLP(Section):
@@ -133,6 +231,7 @@ class Register(Section):
 class Params(Section):
     paths: Paths
     ingest: Ingest
+    contract: Contract
     clean: Clean
     augment: Augment
     train: Train
@@ -149,6 +248,8 @@ class Params(Section):
     def _cnn_needs_image(self) -> Params:
         if self.train.model == "cnn" and self.ingest.image_shape is None:
             raise ValueError("train.model is 'cnn' but ingest.image_shape is not set")
+        if self.ingest.format == "images" and self.ingest.image_shape is None:
+            raise ValueError("ingest.format is 'images': set ingest.image_shape to the images' [height, width]")
         return self
 
 

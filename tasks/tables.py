@@ -24,6 +24,7 @@ LABEL = "label"  # the label column's name from clean on
 SPLIT = "split"  # train / val / test, assigned by clean
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE_KEY = b"image_shape"
+TEXT_COLUMN_KEY = b"text_column"
 
 
 def sha256_file(path: Path) -> str:
@@ -77,16 +78,24 @@ def read_table(path: Path) -> pa.Table:
         raise InputError(f"{path}: not a readable Parquet file ({e})") from None
 
 
-def model_schema(features: list[str], image_shape: tuple[int, int] | None) -> pa.Schema:
-    """The schema of every table from clean on: float32 features, int64 label, split."""
+def model_schema(features: list[str], image_shape: tuple[int, int] | None, text_column: str | None = None
+                 ) -> pa.Schema:
+    """The schema of every table from clean on: float32 features, [normalised text,] int64 label, split."""
     fields = [pa.field(name, pa.float32(), nullable=False) for name in features]
+    if text_column:
+        fields.append(pa.field(text_column, pa.string(), nullable=False))
     fields += [pa.field(LABEL, pa.int64(), nullable=False), pa.field(SPLIT, pa.string(), nullable=False)]
-    meta = {IMAGE_SHAPE_KEY: json.dumps(list(image_shape) if image_shape else None).encode()}
+    meta = {IMAGE_SHAPE_KEY: json.dumps(list(image_shape) if image_shape else None).encode(),
+            TEXT_COLUMN_KEY: json.dumps(text_column).encode()}
     return pa.schema(fields, metadata=meta)
 
 
+def text_column_of(schema: pa.Schema) -> str | None:
+    return json.loads((schema.metadata or {}).get(TEXT_COLUMN_KEY, b"null"))
+
+
 def feature_names(schema: pa.Schema) -> list[str]:
-    return [n for n in schema.names if n not in (LABEL, SPLIT)]
+    return [n for n in schema.names if n not in (LABEL, SPLIT, text_column_of(schema))]
 
 
 def image_shape_of(schema: pa.Schema) -> tuple[int, int] | None:
@@ -97,7 +106,7 @@ def image_shape_of(schema: pa.Schema) -> tuple[int, int] | None:
 def read_model_table(path: Path) -> pa.Table:
     """Read a table written from clean on and check it against model_schema."""
     table = read_table(path)
-    expected = model_schema(feature_names(table.schema), image_shape_of(table.schema))
+    expected = model_schema(feature_names(table.schema), image_shape_of(table.schema), text_column_of(table.schema))
     if not table.schema.equals(expected, check_metadata=False):
         diff = [
             f"{f.name}: expected {f.type}{'' if f.nullable else ' not null'}"

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from tasks.errors import InputError, run_main
 from tasks.params import Params, Train, load_params
-from tasks.tables import LABEL, atomic_path, feature_names, image_shape_of, read_model_table, sha256_file, write_json
+from tasks.tables import (LABEL, atomic_path, feature_names, image_shape_of, read_json, read_model_table, sha256_file,
+                          write_json)
 
 RUN_FILE = "run.json"  # beside the checkpoints: fingerprint, DeepSpeed config, model config
 
@@ -182,8 +183,16 @@ def world_size(p: Train) -> int:
 
 def precheck(p: Params) -> None:
     """Everything that can be checked before any process starts or time is spent."""
-    train_rows = read_model_table(p.paths.splits / "train.parquet").num_rows
-    read_model_table(p.paths.splits / "val.parquet")
+    from tasks.contract import check_model_table
+
+    n_classes = len(read_json(p.paths.transform, "clean transform")["classes"])
+    tables = {s: read_model_table(p.paths.splits / f"{s}.parquet") for s in ("train", "val")}
+    for s, table in tables.items():  # the boundary before any rank starts: finite features, known labels
+        check_model_table(table, p.paths.splits / f"{s}.parquet", n_classes)
+    val_only = set(tables["val"][LABEL].to_pylist()) - set(tables["train"][LABEL].to_pylist())
+    if val_only:
+        raise InputError(f"{p.paths.splits}: label(s) {sorted(val_only)} in val.parquet but not in train.parquet")
+    train_rows = tables["train"].num_rows
     problems, world = [], world_size(p.train)
     if train_rows // world < p.train.batch_size:  # drop_last would leave no batch at all
         problems.append(f"train.batch_size {p.train.batch_size} is larger than the {train_rows // world} "

@@ -8,7 +8,7 @@ import pytest
 
 from tasks.clean import clean
 from tasks.ingest import ingest
-from tasks.params import Clean, Ingest, Split
+from tasks.params import Clean, Contract, Ingest, Split
 
 
 def tiny_csv(path, rows=60, classes=3, header=True):
@@ -30,12 +30,30 @@ def tiny_csv(path, rows=60, classes=3, header=True):
 def staged(tmp_path):
     """ingest + clean of the tiny CSV; returns a dict of paths."""
     src = tiny_csv(tmp_path / "src.csv")
-    p = {k: tmp_path / v for k, v in dict(raw="raw.parquet", manifest="manifest.json", clean="clean.parquet",
-                                           transform="transform.json", report="report.json").items()}
-    ingest(Ingest(source=str(src), image_shape=(2, 2)), p["raw"], p["manifest"])
+    p = paths(tmp_path)
+    ingest(Ingest(source=str(src), image_shape=(2, 2)), Contract(), p["raw"], p["manifest"], p["contract"])
     clean(Clean(split=Split(val_fraction=0.2, test_fraction=0.2, seed=1), per_column=False),
           p["raw"], p["manifest"], p["clean"], p["transform"], p["report"])
     return p
+
+
+def paths(root) -> dict:
+    """Where a stage test writes: raw, manifest, contract (report), clean, transform, report, splits."""
+    names = dict(raw="raw.parquet", manifest="manifest.json", contract="contract.json", clean="clean.parquet",
+                 transform="transform.json", report="report.json", splits="splits")
+    return {k: root / v for k, v in names.items()}
+
+
+def run_ingest(source, root, contract: Contract | None = None, **ingest_params) -> dict:
+    """ingest `source` into `root` with default params unless given; returns the manifest."""
+    p = paths(root)
+    return ingest(Ingest(source=str(source), **ingest_params), contract or Contract(), p["raw"], p["manifest"],
+                  p["contract"])
+
+
+def run_clean(root, **clean_params) -> dict:
+    p = paths(root)
+    return clean(Clean(**clean_params), p["raw"], p["manifest"], p["clean"], p["transform"], p["report"])
 
 
 def table_of(**cols) -> pa.Table:

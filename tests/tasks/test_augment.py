@@ -1,27 +1,29 @@
-"""augment: split files, training rows only, byte-identical per seed."""
+"""augment: split files, training rows only, images / tables / text, byte-identical per seed."""
+
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from tasks.augment import augment, augment_images
-from tasks.params import Augment
+from tasks.augment import TOKENIZER_FILE, augment, augment_images, augment_table, bag_of_words
+from tasks.params import Augment, ImageAug, TableAug, TextAug
 from tasks.tables import read_model_table, sha256_file
+from tests.tasks.conftest import paths, run_clean, run_ingest
 
 
 def test_only_the_training_split_grows(staged, tmp_path):
     clean = read_model_table(staged["clean"])
     counts = {s: clean["split"].to_pylist().count(s) for s in ("train", "val", "test")}
-    out = augment(Augment(copies=2), staged["clean"], tmp_path / "splits")
+    out = augment(Augment(copies=2), staged["clean"], staged["transform"], tmp_path / "splits")
     assert out["rows"] == {"train": 3 * counts["train"], "val": counts["val"], "test": counts["test"]}
     val = pq.read_table(tmp_path / "splits" / "val.parquet")
     assert val.equals(clean.filter(np.array(clean["split"].to_pylist()) == "val"))
 
 
 def test_same_seed_gives_byte_identical_files(staged, tmp_path):
-    augment(Augment(seed=7), staged["clean"], tmp_path / "a")
-    augment(Augment(seed=7), staged["clean"], tmp_path / "b")
-    augment(Augment(seed=8), staged["clean"], tmp_path / "c")
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        augment(Augment(seed=seed), staged["clean"], staged["transform"], tmp_path / name)
     assert sha256_file(tmp_path / "a/train.parquet") == sha256_file(tmp_path / "b/train.parquet")
     assert sha256_file(tmp_path / "a/train.parquet") != sha256_file(tmp_path / "c/train.parquet")
 
@@ -30,9 +32,56 @@ def test_augmented_images_stay_close_to_their_originals():
     gen = torch.Generator().manual_seed(0)
     img = torch.zeros(1, 64)
     img[0, 27:29] = 1.0  # a short stroke in the middle of an 8x8 image
-    moved = augment_images(img, (8, 8), Augment(rotation_degrees=10, shift_pixels=0.5), gen)
-    assert moved.shape == img.shape
-    assert not torch.equal(moved, img)
+    moved = augment_images(img, (8, 8), ImageAug(rotation_degrees=10, shift_pixels=0.5, noise_std=0), gen)
+    assert moved.shape == img.shape and not torch.equal(moved, img)
     assert abs(moved.sum() - img.sum()) < 0.6  # mass is moved, not created
-    none = augment_images(img, (8, 8), Augment(rotation_degrees=0, shift_pixels=0), gen)
+    none = augment_images(img, (8, 8), ImageAug(p_rotate=0, p_shift=0, p_noise=0), gen)
     torch.testing.assert_close(none, img, atol=1e-6, rtol=0)
+
+
+def test_flips_follow_their_probabilities():
+    gen = torch.Generator().manual_seed(0)
+    img = torch.zeros(400, 4)
+    img[:, 0] = 1.0  # top-left pixel of a 2x2 image
+    off = dict(p_rotate=0, p_shift=0, p_noise=0)
+    h = augment_images(img, (2, 2), ImageAug(p_hflip=1.0, **off), gen)
+    assert (h[:, 1] == 1).all() and (h[:, 0] == 0).all()
+    v = augment_images(img, (2, 2), ImageAug(p_vflip=0.5, **off), gen)
+    assert 150 < int((v[:, 2] == 1).sum()) < 250  # about half moved to the bottom-left
+
+
+def test_table_mixup_stays_within_a_class_and_noise_skips_one_hot_columns():
+    rng = np.random.default_rng(0)
+    x = np.hstack([rng.normal(size=(100, 2)), np.eye(2)[rng.integers(0, 2, 100)]]).astype(np.float32)
+    y = np.repeat([0, 1], 50)
+    x[:50, 0], x[50:, 0] = -10.0, 10.0  # the class shows in column 0
+    out = augment_table(x, y, 2, TableAug(noise_std=0.0, mixup_alpha=0.4), rng)
+    assert np.allclose(out[:50, 0], -10) and np.allclose(out[50:, 0], 10)  # mixing never crosses classes
+    assert not np.allclose(out[:, 1], x[:, 1])
+    noisy = augment_table(x, y, 2, TableAug(noise_std=0.5), rng)
+    assert np.array_equal(noisy[:, 2:], x[:, 2:]) and not np.allclose(noisy[:, :2], x[:, :2])
+
+
+def test_text_is_tokenized_with_a_tokenizer_trained_on_train_rows_only(tmp_path):
+    words = {0: "apple banana cherry", 1: "engine piston valve"}
+    rows = ["text,label"] + [f"{words[i % 2]} item{i},{i % 2}" for i in range(200)]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    run_ingest(tmp_path / "s.csv", tmp_path, text_column="text")
+    run_clean(tmp_path)
+    p = paths(tmp_path)
+    params = Augment(text=TextAug(vocab_size=300, min_frequency=1, token_dropout=0.3))
+    out = augment(params, p["clean"], p["transform"], p["splits"])
+    vocab = json.loads((p["splits"] / TOKENIZER_FILE).read_text())["model"]["vocab"]
+    assert "apple" in vocab and "piston" in vocab and out["tokenizer_vocab"] == len(vocab)
+    train = read_model_table(p["splits"] / "train.parquet")
+    clean_train = read_model_table(p["clean"])["split"].to_pylist().count("train")
+    assert train.num_rows == 2 * clean_train and "text" not in train.schema.names
+    a = augment(params, p["clean"], p["transform"], tmp_path / "b")
+    assert a == out and sha256_file(tmp_path / "b/train.parquet") == sha256_file(p["splits"] / "train.parquet")
+
+
+def test_token_dropout_drops_tokens():
+    ids = [[5, 5, 6, 7] * 50]
+    full = bag_of_words(ids, 8)
+    dropped = bag_of_words(ids, 8, 0.5, np.random.default_rng(0))
+    assert np.expm1(full).sum() == 200 and 60 < np.expm1(dropped).sum() < 140

@@ -1,16 +1,18 @@
-"""clean: duplicates, unlabeled rows, gaps, stratified split, train-only scaling."""
+"""clean: duplicates, unlabeled rows, per-column strategies, stable splits, train-only fitting."""
 
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.clean import apply_transform, assign_splits, clean
+from tasks import transform as tf
 from tasks.errors import InputError
-from tasks.ingest import ingest
-from tasks.params import Clean, Ingest, Split
+from tasks.hashing import assign_splits, row_hash
+from tasks.params import Contract, Split
 from tasks.tables import read_model_table
+from tests.tasks.conftest import run_clean, run_ingest
 
 
 def test_report_counts_what_was_done(staged):
@@ -18,13 +20,13 @@ def test_report_counts_what_was_done(staged):
     assert report["rows_in"] == 64
     assert report["duplicates_dropped"] == 2
     assert report["unlabeled_dropped"] == 1
-    assert report["missing_values_filled"] == 1
+    assert report["missing_values_filled"] == 1 and report["missing_by_column"] == {"c": 1}
     assert report["rows_out"] == 61 == sum(report["split_rows"].values())
 
 
 def test_output_matches_the_declared_schema(staged):
     table = read_model_table(staged["clean"])
-    assert table.column("label").to_pylist().count(None) == 0
+    assert table.column("label").null_count == 0
     assert set(table.column("split").to_pylist()) == {"train", "val", "test"}
 
 
@@ -41,36 +43,84 @@ def test_statistics_are_fitted_on_training_rows_only(staged):
 
 def test_transform_reproduces_the_cleaned_features(staged):
     t = json.loads(staged["transform"].read_text())
-    raw = pq.read_table(staged["raw"])
-    first = np.array([[raw[c][0].as_py() for c in t["features"]]], dtype=np.float64)
+    raw = pq.read_table(staged["raw"]).slice(0, 1)
+    arrays, _ = tf.apply(raw, t)
     table = read_model_table(staged["clean"])
-    np.testing.assert_allclose(apply_transform(first, t)[0], [table[c][0].as_py() for c in t["features"]], rtol=1e-6)
+    np.testing.assert_allclose([a[0].as_py() for a in arrays], [table[c][0].as_py() for c in t["features"]],
+                               rtol=1e-6)
 
 
-def test_split_is_stratified_and_seeded():
-    y = np.repeat(np.arange(4), 50)
-    a = assign_splits(y, Split(val_fraction=0.2, test_fraction=0.2, seed=3))
-    b = assign_splits(y, Split(val_fraction=0.2, test_fraction=0.2, seed=3))
-    assert (a == b).all()
-    for label in range(4):
-        counts = {s: int(((a == s) & (y == label)).sum()) for s in ("train", "val", "test")}
-        assert counts == {"train": 30, "val": 10, "test": 10}
+def test_split_depends_on_the_row_alone():
+    rng = np.random.default_rng(0)
+    table = pa.table({"a": rng.normal(size=3000), "b": rng.integers(0, 5, 3000), "label": rng.integers(0, 3, 3000)})
+    params = Split(val_fraction=0.2, test_fraction=0.1, seed=3)
+    split = assign_splits(row_hash(table, table.column_names), params)
+    counts = np.bincount(split, minlength=3) / len(split)
+    np.testing.assert_allclose(counts, [0.7, 0.2, 0.1], atol=0.03)
+    # the same rows in another order, and in a bigger table, keep their splits
+    order = rng.permutation(3000)
+    again = assign_splits(row_hash(table.take(order), table.column_names), params)
+    assert (again == split[order]).all()
+    other_seed = assign_splits(row_hash(table, table.column_names), Split(val_fraction=0.2, test_fraction=0.1))
+    assert (other_seed != split).any()
 
 
-def test_too_few_rows_per_class_to_split(tmp_path):
-    (tmp_path / "s.csv").write_text("a,label\n1,0\n2,0\n3,0\n4,0\n5,1\n")
-    ingest(Ingest(source=str(tmp_path / "s.csv")), tmp_path / "r.parquet", tmp_path / "m.json")
-    with pytest.raises(InputError, match="cannot split stratified by label"):
-        clean(Clean(), tmp_path / "r.parquet", tmp_path / "m.json", tmp_path / "c.parquet",
-              tmp_path / "t.json", tmp_path / "rep.json")
-    assert not (tmp_path / "c.parquet").exists()
-
-
-def test_string_labels_become_class_indices(tmp_path):
-    lines = ["a,b,label"] + [f"{i},{i % 7},{'cat' if i % 2 else 'dog'}" for i in range(40)]
+def test_appended_rows_never_move_existing_rows(tmp_path):
+    rng = np.random.default_rng(1)
+    lines = ["id,x,label"] + [f"{i},{rng.normal():.4f},{i % 3}" for i in range(300)]
     (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
-    ingest(Ingest(source=str(tmp_path / "s.csv")), tmp_path / "r.parquet", tmp_path / "m.json")
-    clean(Clean(), tmp_path / "r.parquet", tmp_path / "m.json", tmp_path / "c.parquet",
-          tmp_path / "t.json", tmp_path / "rep.json")
-    assert json.loads((tmp_path / "t.json").read_text())["classes"] == ["cat", "dog"]
-    assert set(read_model_table(tmp_path / "c.parquet")["label"].to_pylist()) == {0, 1}
+    run_ingest(tmp_path / "s.csv", tmp_path / "v1")
+    run_clean(tmp_path / "v1", split=Split(key_columns=("id",)))
+    lines += [f"{i},{rng.normal():.4f},{i % 3}" for i in range(300, 600)]
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
+    run_ingest(tmp_path / "s.csv", tmp_path / "v2")
+    run_clean(tmp_path / "v2", split=Split(key_columns=("id",)))
+    v1, v2 = (pq.read_table(tmp_path / v / "raw.parquet") for v in ("v1", "v2"))
+    s1, s2 = (pq.read_table(tmp_path / v / "clean.parquet")["split"].to_pylist() for v in ("v1", "v2"))
+    assert v2["id"].to_pylist()[:300] == v1["id"].to_pylist() and len(s2) == 600
+    assert s2[:300] == s1
+
+
+def test_per_column_strategies_outliers_and_categories(tmp_path):
+    rows = ["age,city,income,label"]
+    for i in range(200):
+        age = "" if i % 10 == 0 else str(20 + i % 40)
+        city = "" if i % 25 == 0 else ["paris", "oslo", "rome"][i % 3]
+        income = "1000000" if i == 7 else str(1000 + 10 * (i % 50))
+        rows.append(f"{age},{city},{income},{'yes' if i % 2 else 'no'}")
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    run_ingest(tmp_path / "s.csv", tmp_path)
+    run_clean(tmp_path, missing_columns={"age": "mean"}, missing_category="mode", outliers=(0.0, 0.98),
+              scaling="minmax")
+    t = json.loads((tmp_path / "transform.json").read_text())
+    num = {c["name"]: c for c in t["numeric"]}
+    assert num["age"]["strategy"] == "mean" and 20 <= num["age"]["fill"] <= 60
+    assert num["income"]["clip"][1] < 1_000_000  # the outlier is clipped to the 98% quantile
+    assert t["categorical"][0]["categories"] == ["oslo", "paris", "rome"]  # mode filled, no extra category
+    assert t["features"] == ["age", "income", "city=oslo", "city=paris", "city=rome"]
+    x = read_model_table(tmp_path / "clean.parquet")
+    assert 0 <= pa.compute.min(x["income"]).as_py() and pa.compute.max(x["income"]).as_py() <= 1.0 + 1e-6
+    assert t["classes"] == ["no", "yes"]
+    # an unseen category at prediction time becomes all zeros
+    arrays, _ = tf.apply(pa.table({"age": [30.0], "city": ["lima"], "income": [1200.0]}), t)
+    assert [a[0].as_py() for a in arrays[2:]] == [0.0, 0.0, 0.0]
+
+
+def test_drop_strategy_and_text_normalisation(tmp_path):
+    rows = ["txt,score,label"] + [f"Café  {'NOIR' if i % 2 else 'Crème'}  n{i},{'' if i % 7 == 0 else i},{i % 2}"
+                                  for i in range(120)]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    run_ingest(tmp_path / "s.csv", tmp_path, text_column="txt")
+    report = run_clean(tmp_path, missing="drop")
+    assert report["incomplete_dropped"] == len(range(0, 120, 7))
+    table = read_model_table(tmp_path / "clean.parquet")
+    assert table["txt"][0].as_py().startswith("cafe ") and "  " not in table["txt"][0].as_py()
+    assert table.schema.names == ["score", "txt", "label", "split"]
+
+
+def test_column_without_training_values_is_named(tmp_path):
+    (tmp_path / "s.csv").write_text("a,b,label\n" + "".join(f"{i},,{i % 2}\n" for i in range(40)))
+    run_ingest(tmp_path / "s.csv", tmp_path, contract=Contract(max_null_ratio=1.0))
+    with pytest.raises(InputError, match="column 'b': no value in any training row"):
+        run_clean(tmp_path)
+    assert not (tmp_path / "clean.parquet").exists()

@@ -34,7 +34,7 @@ def fit_tiny_model(train_path, model_path):
 
 
 def test_metrics_plots_and_figures(staged, tmp_path):
-    augment(Augment(copies=0), staged["clean"], tmp_path / "splits")
+    augment(Augment(copies=0), staged["clean"], staged["transform"], tmp_path / "splits")
     fit_tiny_model(tmp_path / "splits/train.parquet", tmp_path / "model.safetensors")
     history = tmp_path / "history.json"
     history.write_text(json.dumps([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "val_accuracy": 0.5},

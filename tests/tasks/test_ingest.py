@@ -1,4 +1,4 @@
-"""ingest: sources become a checked snapshot with a manifest."""
+"""ingest: sources become a checked, content-addressed snapshot with a manifest."""
 
 import json
 
@@ -6,79 +6,64 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.errors import InputError
-from tasks.ingest import ingest, resolve_source
-from tasks.params import Ingest
+from tasks.sources import resolve_local
 from tasks.tables import sha256_file
-from tests.tasks.conftest import tiny_csv
+from tests.tasks.conftest import paths, run_ingest, tiny_csv
 
 
 def test_default_digits_source_ships_with_scikit_learn(tmp_path):
-    params = Ingest(source="pkg:sklearn.datasets/data/digits.csv.gz", header=False, image_shape=(8, 8))
-    m = ingest(params, tmp_path / "raw.parquet", tmp_path / "m.json")
+    m = run_ingest("pkg:sklearn.datasets/data/digits.csv.gz", tmp_path, header=False, image_shape=(8, 8))
     assert m["rows"] == 1797 and len(m["schema"]) == 65
-    assert m["sha256"] == sha256_file(tmp_path / "raw.parquet")
-    assert json.loads((tmp_path / "m.json").read_text()) == m
+    assert m["sha256"] == sha256_file(tmp_path / "raw.parquet") and m["version"] == m["sha256"][:16]
+    assert json.loads((tmp_path / "manifest.json").read_text()) == m
+    assert m["profile"]["labels"]["0"] == 178 and m["profile"]["columns"]["x0"]["max"] == 0.0
 
 
 def test_csv_and_parquet_sources_give_the_same_snapshot(tmp_path):
-    csv = tiny_csv(tmp_path / "src.csv")
-    a = ingest(Ingest(source=str(csv)), tmp_path / "a.parquet", tmp_path / "a.json")
-    pq.write_table(pq.read_table(tmp_path / "a.parquet"), tmp_path / "src.parquet")
-    b = ingest(Ingest(source=str(tmp_path / "src.parquet")), tmp_path / "b.parquet", tmp_path / "b.json")
+    a = run_ingest(tiny_csv(tmp_path / "src.csv"), tmp_path / "a")
+    pq.write_table(pq.read_table(tmp_path / "a/raw.parquet"), tmp_path / "src.parquet")
+    b = run_ingest(tmp_path / "src.parquet", tmp_path / "b")
     assert a["rows"] == b["rows"] == 64
-    assert pq.read_table(tmp_path / "a.parquet").equals(pq.read_table(tmp_path / "b.parquet"))
-
-
-def test_snapshot_is_deterministic(tmp_path):
-    csv = tiny_csv(tmp_path / "src.csv")
-    a = ingest(Ingest(source=str(csv)), tmp_path / "a.parquet", tmp_path / "a.json")
-    b = ingest(Ingest(source=str(csv)), tmp_path / "b.parquet", tmp_path / "b.json")
-    assert a["sha256"] == b["sha256"]
+    assert pq.read_table(tmp_path / "a/raw.parquet").equals(pq.read_table(tmp_path / "b/raw.parquet"))
+    assert a["version"] == b["version"]  # the version is the data's, not the file format's
 
 
 def test_empty_file_is_refused_and_the_old_snapshot_kept(tmp_path):
-    good = ingest(Ingest(source=str(tiny_csv(tmp_path / "src.csv"))), tmp_path / "raw.parquet", tmp_path / "m.json")
+    good = run_ingest(tiny_csv(tmp_path / "src.csv"), tmp_path)
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(InputError, match=r"empty\.csv: the file is empty"):
-        ingest(Ingest(source=str(tmp_path / "empty.csv")), tmp_path / "raw.parquet", tmp_path / "m.json")
+        run_ingest(tmp_path / "empty.csv", tmp_path)
     assert sha256_file(tmp_path / "raw.parquet") == good["sha256"]
 
 
 def test_header_only_file_is_refused(tmp_path):
     (tmp_path / "h.csv").write_text("a,b,label\n")
-    with pytest.raises(InputError, match="no data rows"):
-        ingest(Ingest(source=str(tmp_path / "h.csv")), tmp_path / "raw.parquet", tmp_path / "m.json")
+    with pytest.raises(InputError, match="0 data rows, at least 1 required"):
+        run_ingest(tmp_path / "h.csv", tmp_path)
+    assert not json.loads((tmp_path / "contract.json").read_text())["ok"]
 
 
 def test_missing_label_column_is_named(tmp_path):
     (tmp_path / "s.csv").write_text("a,b,target\n1,2,0\n3,4,1\n")
-    with pytest.raises(InputError, match=r"s\.csv: label column 'label' not found \(columns: a, b, target\)"):
-        ingest(Ingest(source=str(tmp_path / "s.csv")), tmp_path / "raw.parquet", tmp_path / "m.json")
-    assert not (tmp_path / "raw.parquet").exists()
+    with pytest.raises(InputError, match=r"column 'label': label column not found \(columns: a, b, target\)"):
+        run_ingest(tmp_path / "s.csv", tmp_path)
+    assert not paths(tmp_path)["raw"].exists()
 
 
-def test_non_numeric_features_and_wrong_image_shape_reported_together(tmp_path):
-    (tmp_path / "s.csv").write_text("a,b,label\nx,2,0\ny,4,1\n")
-    with pytest.raises(InputError) as err:
-        ingest(Ingest(source=str(tmp_path / "s.csv"), image_shape=(2, 2)), tmp_path / "r.parquet", tmp_path / "m.json")
-    assert "must be numeric, these are not: a" in str(err.value)
-    assert "needs 4 feature columns, found 2" in str(err.value)
+def test_wrong_image_shape_is_reported(tmp_path):
+    (tmp_path / "s.csv").write_text("a,b,label\n1,2,0\n3,4,1\n")
+    with pytest.raises(InputError, match="needs 4 feature columns, found 2"):
+        run_ingest(tmp_path / "s.csv", tmp_path, image_shape=(2, 2))
 
 
 def test_missing_source_and_package(tmp_path):
-    with pytest.raises(InputError, match="cannot open source"):
-        ingest(Ingest(source=str(tmp_path / "nope.csv")), tmp_path / "r.parquet", tmp_path / "m.json")
+    with pytest.raises(InputError, match="ingest.source does not exist"):
+        run_ingest(tmp_path / "nope.csv", tmp_path)
     with pytest.raises(InputError, match="no installed package 'nopkg'"):
-        resolve_source("pkg:nopkg/data.csv")
-
-
-def test_corrupt_parquet_is_refused(tmp_path):
-    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
-    with pytest.raises(InputError, match=r"bad\.parquet: cannot be read as parquet"):
-        ingest(Ingest(source=str(tmp_path / "bad.parquet")), tmp_path / "r.parquet", tmp_path / "m.json")
+        resolve_local("pkg:nopkg/data.csv")
 
 
 def test_repeated_column_names_are_named(tmp_path):
     (tmp_path / "s.csv").write_text("a,a,label\n1,2,0\n3,4,1\n")
-    with pytest.raises(InputError, match="column names appear more than once: a"):
-        ingest(Ingest(source=str(tmp_path / "s.csv")), tmp_path / "r.parquet", tmp_path / "m.json")
+    with pytest.raises(InputError, match="column 'a': column name appears more than once"):
+        run_ingest(tmp_path / "s.csv", tmp_path)

@@ -3,6 +3,8 @@
 The distributed loop itself runs in tests/e2e (2 CPU ranks over gloo).
 """
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -38,18 +40,37 @@ def test_precheck_refuses_a_batch_larger_than_a_ranks_share(staged, tmp_path):
     from tasks.augment import augment
     from tasks.params import Augment, load_params
 
-    augment(Augment(copies=0), staged["clean"], tmp_path)  # 37 training rows
+    augment(Augment(copies=0), staged["clean"], staged["transform"], tmp_path)  # 37 training rows
     p = load_params(ROOT / "params.yaml")
-    p = p.model_copy(update={"paths": p.paths.model_copy(update={"splits": tmp_path}),
+    p = p.model_copy(update={"paths": p.paths.model_copy(update={"splits": tmp_path,
+                                                                 "transform": staged["transform"]}),
                              "train": p.train.model_copy(update={"num_procs": 2, "batch_size": 32})})
-    with pytest.raises(InputError, match=r"train\.batch_size 32 is larger than the 18 training rows each of the 2"):
+    rows = pq.read_metadata(tmp_path / "train.parquet").num_rows
+    with pytest.raises(InputError, match=rf"train\.batch_size 32 is larger than the {rows // 2} training rows "
+                                         rf"each of the 2"):
         precheck(p)
 
 
-def test_precheck_refuses_missing_splits(tmp_path):
+def test_precheck_refuses_missing_splits(staged, tmp_path):
     from tasks.params import load_params
 
     p = load_params(ROOT / "params.yaml")
-    p = p.model_copy(update={"paths": p.paths.model_copy(update={"splits": tmp_path})})
+    p = p.model_copy(update={"paths": p.paths.model_copy(update={"splits": tmp_path,
+                                                                 "transform": staged["transform"]})})
     with pytest.raises(InputError, match=r"train\.parquet: file not found"):
+        precheck(p)
+
+
+def test_precheck_refuses_non_finite_features(staged, tmp_path):
+    from tasks.augment import augment
+    from tasks.params import Augment, load_params
+
+    augment(Augment(copies=0), staged["clean"], staged["transform"], tmp_path)
+    table = pq.read_table(tmp_path / "train.parquet")
+    bad = table.set_column(0, table.schema.field(0), pa.array([float("nan")] * table.num_rows, pa.float32()))
+    pq.write_table(bad, tmp_path / "train.parquet")
+    p = load_params(ROOT / "params.yaml")
+    p = p.model_copy(update={"paths": p.paths.model_copy(update={"splits": tmp_path,
+                                                                 "transform": staged["transform"]})})
+    with pytest.raises(InputError, match=r"train\.parquet: fails the pipeline's checks: column 'a': \d+ non-finite"):
         precheck(p)

@@ -1,0 +1,189 @@
+"""Benchmark: the clean stage against a straightforward pandas version of the same steps.
+
+    python benchmarks/clean_vs_pandas.py [--rows N] [--repeat R] [--small-batch B] [--profile]
+
+Generates a seeded table (8 float columns with missing values and outliers,
+2 int columns, 3 categorical columns with missing values, an int label with a
+few missing, about 1% exact duplicate rows), then cleans it with
+tasks.clean.clean (outliers clipped at the 1%/99% training quantiles) and with
+pandas, each in a fresh subprocess. Prints the best-of-R seconds of the clean
+call, the peak RSS above the process's RSS after imports, that peak over the
+table's in-memory size (Arrow nbytes), and pandas seconds / stage seconds.
+Targets: the stage at least 5x faster than pandas, peak at most 2x the table.
+The stage is also run with a small batch_rows to show how memory follows it.
+--profile prints the stage's top 15 functions by cumulative time (cProfile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.params import Clean  # noqa: E402
+from tasks.tables import sha256_file, write_json  # noqa: E402
+
+OUTLIERS, TEST, VAL = (0.01, 0.99), Clean().split.test_fraction, Clean().split.val_fraction
+
+
+def make_table(n: int, seed: int = 0) -> pa.Table:
+    """n rows, about 1% of them exact copies of earlier-generated rows, in shuffled order."""
+    rng = np.random.default_rng(seed)
+    m = n - n // 100
+    cols = {}
+    for i in range(8):
+        x = rng.normal(10.0 * i, 1.0 + i, m)
+        x[rng.random(m) < 0.005] *= 100.0  # outliers
+        cols[f"x{i}"] = pa.array(x, mask=rng.random(m) < 0.02)
+    for i in range(2):
+        cols[f"n{i}"] = pa.array(rng.integers(0, 1000 * (i + 1), m))
+    for i, k in enumerate((5, 12, 30)):
+        idx = pa.array(rng.integers(0, k, m, dtype=np.int32), mask=rng.random(m) < 0.01)
+        cols[f"c{i}"] = pa.DictionaryArray.from_arrays(idx, [f"cat{i}_{j:02d}" for j in range(k)]).dictionary_decode()
+    cols["label"] = pa.array(rng.integers(0, 5, m), mask=rng.random(m) < 0.001)
+    order = np.concatenate([np.arange(m), rng.integers(0, m, n - m)])
+    rng.shuffle(order)
+    return pa.table(cols).take(order)
+
+
+def pandas_clean(raw: Path, out: Path) -> None:
+    """The same steps, written the obvious pandas way."""
+    import pandas as pd
+
+    df = pd.read_parquet(raw).drop_duplicates().dropna(subset=["label"])
+    u = pd.util.hash_pandas_object(df, index=False).to_numpy() / 2.0**64
+    split = np.where(u < TEST, "test", np.where(u < TEST + VAL, "val", "train"))
+    train = df[split == "train"]
+    num = [c for c in df.columns if c != "label" and pd.api.types.is_numeric_dtype(df[c])]
+    cat = [c for c in df.columns if c != "label" and c not in num]
+    median = train[num].median()
+    filled = train[num].fillna(median)
+    lo, hi = filled.quantile(OUTLIERS[0]), filled.quantile(OUTLIERS[1])
+    clipped = filled.clip(lo, hi, axis=1)
+    mean, std = clipped.mean(), clipped.std(ddof=0).replace(0.0, 1.0)
+    parts = [((df[num].fillna(median).clip(lo, hi, axis=1) - mean) / std).astype(np.float32)]
+    for c in cat:
+        categories = sorted(set(train[c].dropna()) | ({"(missing)"} if train[c].isna().any() else set()))
+        values = df[c].fillna("(missing)").astype(pd.CategoricalDtype(categories))
+        parts.append(pd.get_dummies(values, prefix=c, prefix_sep="=", dtype=np.float32))
+    result = pd.concat(parts, axis=1)
+    result["label"] = pd.Categorical(df["label"]).codes.astype(np.int64)
+    result["split"] = split
+    result.to_parquet(out, compression="zstd", compression_level=1, index=False)
+
+
+def peak_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def child(kind: str, work: Path, repeat: int, batch_rows: int, profile: bool) -> None:
+    """Runs in a fresh process: time the clean call, print seconds and peak RSS as JSON."""
+    raw, out = work / "raw.parquet", work / f"{kind}-{batch_rows}.parquet"
+    if kind == "stage":
+        from tasks.clean import clean
+
+        params = Clean(outliers=OUTLIERS, batch_rows=batch_rows)
+        run = lambda: clean(params, raw, work / "manifest.json", out, work / "transform.json",  # noqa: E731
+                            work / "report.json")
+    else:
+        import pandas  # noqa: F401  (imported before the RSS baseline, like pyarrow for the stage)
+
+        run = lambda: pandas_clean(raw, out)  # noqa: E731
+    base, times = peak_mb(), []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    if profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(run)
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(15)
+    print(json.dumps({"seconds": min(times), "base_mb": base, "peak_mb": peak_mb(), "out": str(out)}))
+
+
+def measure(kind: str, work: Path, args, batch_rows: int, profile: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--work", str(work), "--repeat", str(args.repeat),
+           "--batch-rows", str(batch_rows)] + (["--profile"] if profile else [])
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    split = pq.read_table(r["out"], columns=["split"])["split"].value_counts().to_pylist()
+    return r | {"rows": sum(s["counts"] for s in split), "features": len(pq.read_schema(r["out"]).names) - 2,
+                "split": {s["values"]: s["counts"] for s in split}}
+
+
+def batches(raw: Path, batch_rows: int) -> int:
+    return sum(1 for _ in ds.dataset(raw).to_batches(batch_size=batch_rows, columns=["label"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3, help="best of this many runs of each")
+    ap.add_argument("--small-batch", type=int, default=65_536, help="batch_rows of the extra stage run; 0: none")
+    ap.add_argument("--profile", action="store_true", help="cProfile one more stage run, top 15 cumulative")
+    ap.add_argument("--child", choices=["stage", "pandas"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--batch-rows", type=int, default=Clean().batch_rows, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.work, args.repeat, args.batch_rows, args.profile)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        table = make_table(args.rows)
+        pq.write_table(table, work / "raw.parquet")
+        size_mb = table.nbytes / 2**20
+        del table
+        write_json(work / "manifest.json", {"sha256": sha256_file(work / "raw.parquet"), "label_column": "label",
+                                            "text_column": None, "image_shape": None, "version": "bench"})
+        default = Clean().batch_rows
+        runs = {"pandas": ("pandas", default), f"stage (batch_rows={default})": ("stage", default)}
+        if args.small_batch:
+            runs[f"stage (batch_rows={args.small_batch})"] = ("stage", args.small_batch)
+        results = {name: measure(kind, work, args, b, args.profile and b == default and kind == "stage")
+                   for name, (kind, b) in runs.items()}
+        n_batches = {b: batches(work / "raw.parquet", b) for _, b in runs.values()}
+
+    base = results["pandas"]
+    print(f"\n{args.rows:,} rows, {size_mb:.0f} MB in memory (Arrow), {os.cpu_count()} cores, best of {args.repeat}")
+    print(f"{'':28}{'seconds':>9}{'peak MB':>9}{'delta MB':>10}{'delta/table':>13}{'pandas/this':>13}"
+          f"{'rows out':>10}{'features':>10}")
+    for name, r in results.items():
+        delta = r["peak_mb"] - r["base_mb"]
+        print(f"{name:28}{r['seconds']:9.2f}{r['peak_mb']:9.0f}{delta:10.0f}{delta / size_mb:13.2f}"
+              f"{base['seconds'] / r['seconds']:13.2f}{r['rows']:10,}{r['features']:10}")
+    for name, (kind, b) in runs.items():
+        if kind == "stage":
+            print(f"{name}: {n_batches[b]} batches (ceil(rows / batch_rows) = {math.ceil(args.rows / b)})")
+
+    stage = results[f"stage (batch_rows={default})"]
+    rows_ok = abs(stage["rows"] - base["rows"]) <= 0.005 * base["rows"]
+    print(f"\nagree: rows kept {stage['rows']:,} vs {base['rows']:,} ({'ok' if rows_ok else 'DIFFER'}), "
+          f"features {stage['features']} vs {base['features']} "
+          f"({'ok' if stage['features'] == base['features'] else 'DIFFER'})")
+    print(f"splits: stage {stage['split']}, pandas {base['split']}")
+    speedup, mem = base["seconds"] / stage["seconds"], (stage["peak_mb"] - stage["base_mb"]) / size_mb
+    print(f"target >= 5x faster than pandas: {speedup:.2f}x {'met' if speedup >= 5 else 'NOT met'}")
+    print(f"target peak <= 2x table size:    {mem:.2f}x {'met' if mem <= 2 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

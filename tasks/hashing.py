@@ -1,0 +1,80 @@
+"""Stable 64-bit row hashes, and the train/val/test split they decide.
+
+A row's hash depends only on its own values (numbers by value, so 1 and 1.0
+agree; strings by their UTF-8 bytes), never on its position, its batch or
+the other rows. So duplicates are found across batches, and a row's split
+(`assign_splits`) never changes when rows are added to the data: a test set
+stays a test set across data versions. Each class is cut by the same hash
+thresholds, so every class is split by the configured fractions in
+expectation (exact stratification would move rows whenever data is added).
+Collisions of distinct rows are possible in principle (about n^2 / 2^65:
+one in ten million for a million rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.params import Split
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_NULL = np.uint64(0x6E756C6C6E756C6C)  # one fixed value for every missing cell
+_NAN_BITS = np.float64("nan").view(np.uint64)
+
+
+def mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit (uint64 arithmetic wraps)."""
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * _M1
+        h = (h ^ (h >> np.uint64(27))) * _M2
+        return h ^ (h >> np.uint64(31))
+
+
+def _string_hash(values: pa.Array) -> np.ndarray:
+    """One hash per distinct string (hashed once each), spread to the rows."""
+    if not pa.types.is_dictionary(values.type):
+        values = pc.dictionary_encode(values)
+    words = values.dictionary.to_pylist()
+    table = np.fromiter((int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+                         for w in words), np.uint64, len(words))
+    idx = values.indices
+    out = table[pc.fill_null(idx, 0).to_numpy(zero_copy_only=False)] if len(words) else np.zeros(len(idx), np.uint64)
+    if idx.null_count:
+        out[pc.is_null(idx).to_numpy(zero_copy_only=False)] = _NULL
+    return out
+
+
+def column_hash(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _string_hash(col)
+    x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+    bits = (x + 0.0).view(np.uint64)  # -0.0 + 0.0 == +0.0
+    bits = np.where(np.isnan(x), _NAN_BITS, bits)
+    if col.null_count:
+        bits[pc.is_null(col).to_numpy(zero_copy_only=False)] = _NULL
+    return mix(bits)
+
+
+def row_hash(batch: pa.RecordBatch | pa.Table, columns: list[str]) -> np.ndarray:
+    """One uint64 per row over `columns` (in this order)."""
+    h = np.zeros(batch.num_rows, np.uint64)
+    with np.errstate(over="ignore"):
+        for i, name in enumerate(columns):
+            h = mix(h ^ (column_hash(batch.column(name)) + _GOLDEN * np.uint64(i + 1)))
+    return h
+
+
+def assign_splits(key_hash: np.ndarray, params: Split) -> np.ndarray:
+    """0 = train, 1 = val, 2 = test, from each row's key hash and the seed alone."""
+    salt = mix(np.array([params.seed % 2**64], np.uint64))
+    u = (mix(key_hash ^ salt) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return np.where(u < params.test_fraction, 2, np.where(u < params.test_fraction + params.val_fraction, 1, 0)
+                    ).astype(np.int8)

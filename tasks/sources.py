@@ -1,0 +1,255 @@
+"""Reading a source into one Arrow table: files, folders, image folders, URLs.
+
+    read_source(params)  ->  Source(table, sha256, files)
+
+A source is a local CSV / Parquet / JSON-lines file, a local folder of such
+files (read in sorted order, so appending a file appends rows), a folder of
+images with one subfolder per class, a file inside an installed package
+(`pkg:<module>/<file>`), or a remote URL that fsspec opens (http(s)://, and
+s3:// with the `s3` extra). A remote file is downloaded whole into a
+temporary folder, retried on transient errors, and parsed only once complete,
+so a failed or cut download never becomes a snapshot.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import importlib.resources
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from tasks.errors import InputError, TransientIOError
+from tasks.params import Ingest
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
+TABLE_SUFFIXES = {"csv": (".csv", ".tsv", ".csv.gz", ".tsv.gz"), "parquet": (".parquet", ".pq"),
+                  "jsonl": (".jsonl", ".ndjson", ".json", ".jsonl.gz")}
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# errno values that mean "the file is not there / not allowed", not "try again"
+_PERMANENT = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM}
+MAX_LISTED = 10  # bad files named in one error
+
+
+@dataclass(frozen=True)
+class Source:
+    table: pa.Table
+    sha256: str  # of the bytes read: a file, or every file of a folder in order
+    files: int
+
+
+def is_remote(source: str) -> bool:
+    return bool(_URL.match(source)) and not source.startswith("file://")
+
+
+def resolve_local(source: str) -> Path:
+    """A local path, or `pkg:module/relative/file` inside an installed package."""
+    if source.startswith("pkg:"):
+        module, _, rel = source[4:].partition("/")
+        try:
+            root = importlib.resources.files(module)
+        except ModuleNotFoundError:
+            raise InputError(f"ingest.source {source!r}: no installed package {module!r}") from None
+        return Path(str(root.joinpath(rel)))
+    return Path(source.removeprefix("file://"))
+
+
+def _hash_files(paths: list[Path], root: Path | None = None) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        if root is not None:  # a folder's hash covers names too: a renamed class is new data
+            h.update(str(path.relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _table_format(name: str, fmt: str) -> str:
+    if fmt not in ("auto", "images"):
+        return fmt
+    lower = name.lower()
+    for kind, suffixes in TABLE_SUFFIXES.items():
+        if lower.endswith(suffixes):
+            return kind
+    raise InputError(f"{name}: cannot tell the format from the name; set ingest.format "
+                     f"(csv, parquet, jsonl or images)")
+
+
+def _first_line(path: Path) -> str:
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        return f.readline(4096).decode("utf-8", "replace")
+
+
+def _other_delimiter(path: Path, params: Ingest) -> None:
+    """A CSV read with the wrong delimiter: name the likely one."""
+    line = _first_line(path)
+    found = [d for d in (";", "\t", "|", ",") if d != params.delimiter and d in line]
+    if found:
+        raise InputError(f"{path}: the lines do not split into columns on {params.delimiter!r}, but the first "
+                         f"line contains {found[0]!r}; set ingest.delimiter to {found[0]!r} "
+                         f"(it is {params.delimiter!r})")
+
+
+def _read_csv(path: Path, params: Ingest) -> pa.Table:
+    opts = pacsv.ReadOptions(autogenerate_column_names=not params.header, encoding=params.encoding)
+    try:
+        table = pacsv.read_csv(path, read_options=opts, parse_options=pacsv.ParseOptions(delimiter=params.delimiter),
+                               convert_options=pacsv.ConvertOptions(strings_can_be_null=True))  # "" is missing
+    except pa.ArrowInvalid as e:
+        if "Expected" in str(e) and "columns" in str(e):
+            _other_delimiter(path, params)
+        raise
+    try:
+        names = table.column_names
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: the header is not valid {params.encoding} text; "
+                         f"set ingest.encoding, e.g. latin-1") from None
+    binary = [f.name for f in table.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if binary:
+        raise InputError(f"{path}: " + ", ".join(f"column {b!r}" for b in binary) + f": not valid "
+                         f"{params.encoding} text; set ingest.encoding, e.g. latin-1")
+    if len(names) == 1:  # the whole line landed in one column: another delimiter?
+        _other_delimiter(path, params)
+    if not params.header:  # x0..x{n-2} and the label last, as in the digits CSV
+        n = table.num_columns
+        table = table.rename_columns([f"x{i}" for i in range(n - 1)] + [params.label_column])
+    return table
+
+
+def _read_file(path: Path, fmt: str, params: Ingest) -> pa.Table:
+    fmt = _table_format(path.name, fmt)
+    try:
+        if fmt == "parquet":
+            return pq.read_table(path)
+        if fmt == "jsonl":
+            return pajson.read_json(path)
+        return _read_csv(path, params)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as e:
+        msg = str(e).splitlines()[0]
+        if "Empty CSV file" in msg or (fmt == "jsonl" and path.stat().st_size == 0):
+            raise InputError(f"{path}: the file is empty, expected a header and data rows") from None
+        if "UTF8" in msg or "UTF-8" in msg or "utf-8" in msg or isinstance(e, UnicodeDecodeError):
+            raise InputError(f"{path}: text is not valid {params.encoding} ({msg}); "
+                             f"set ingest.encoding, e.g. latin-1") from None
+        if "changed from" in msg or "conversion error" in msg:
+            raise InputError(f"{path}: a column holds values of mixed types ({msg})") from None
+        raise InputError(f"{path}: cannot be read as {fmt} ({msg})") from None
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) or e.errno in _PERMANENT:
+            raise InputError(f"{path}: cannot open source ({e.strerror or e})") from None
+        if fmt == "parquet":  # pyarrow raises OSError for corrupt or truncated Parquet
+            raise InputError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        raise TransientIOError(f"{path}: {e}") from e
+
+
+def _read_images(root: Path, params: Ingest) -> tuple[pa.Table, list[Path]]:
+    """One row per image: pixels x0..x{h*w-1} (uint8, row-major) and the class folder's name."""
+    from PIL import Image, UnidentifiedImageError
+
+    if params.image_shape is None:
+        raise InputError(f"{root}: an image folder needs ingest.image_shape [height, width]")
+    h, w = params.image_shape
+    files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{root}: no images found; expected one subfolder per class holding "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))} files")
+    pixels, labels, bad = np.empty((len(files), h * w), np.uint8), [], []
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode != "L" or im.size != (w, h):
+                    bad.append(f"{path.relative_to(root)}: {im.size[1]}x{im.size[0]} {im.mode}, "
+                               f"expected {h}x{w} L (8-bit grayscale)")
+                    continue
+                pixels[i] = np.asarray(im, dtype=np.uint8).reshape(-1)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            bad.append(f"{path.relative_to(root)}: not a readable image ({type(e).__name__}: {e})")
+            continue
+        labels.append(path.parent.name)
+    if bad:
+        more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
+        raise InputError(f"{root}: {len(bad)} bad image file(s){more}:\n  - " + "\n  - ".join(bad[:MAX_LISTED]))
+    cols = {f"x{j}": pa.array(pixels[:, j]) for j in range(h * w)}
+    cols[params.label_column] = pa.array(labels, pa.string())
+    return pa.table(cols), files
+
+
+def _read_folder(root: Path, params: Ingest) -> tuple[pa.Table, list[Path]]:
+    entries = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "README.md"]
+    has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries)
+    if params.format == "images" or (params.format == "auto" and has_images):
+        return _read_images(root, params)
+    files = sorted(entries)
+    if not files:
+        raise InputError(f"{root}: the folder is empty; expected data files (CSV, Parquet, JSON lines) "
+                         f"or one subfolder of images per class")
+    tables = [_read_file(f, params.format, params) for f in files]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive"), files
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InputError(f"{root}: the files do not share one schema ({e})") from None
+
+
+def _transient(e: BaseException) -> bool:
+    """Worth another try: timeouts, refused or dropped connections, HTTP 5xx and 429."""
+    status = getattr(e, "status", None) or getattr(e, "code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, InputError)):
+        return False
+    return isinstance(e, (OSError, TimeoutError, ConnectionError)) or type(e).__module__.startswith("aiohttp")
+
+
+def fetch(url: str, dest: Path, params: Ingest, log=print) -> Path:
+    """Download `url` into the folder `dest`, retrying transient errors; the local copy."""
+    import fsspec
+    from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+    def attempt_once() -> Path:
+        options = {"timeout": params.timeout_s} if url.startswith("http") else {}
+        fs, path = fsspec.core.url_to_fs(url, **(options | dict(params.storage_options)))
+        local = dest / Path(path).name
+        local.unlink(missing_ok=True)
+        fs.get_file(path, str(local))
+        return local
+
+    retrying = Retrying(stop=stop_after_attempt(params.retries + 1), reraise=False,
+                        wait=wait_exponential(multiplier=0.5, max=10), retry=retry_if_exception(_transient),
+                        before_sleep=lambda s: log(f"ingest: {url}: attempt {s.attempt_number} failed "
+                                                   f"({s.outcome.exception()!r}); retrying"))
+    try:
+        return retrying(attempt_once)
+    except RetryError as e:
+        cause = e.last_attempt.exception()
+        raise TransientIOError(f"{url}: still failing after {params.retries + 1} attempts ({cause!r})") from None
+    except FileNotFoundError:
+        raise InputError(f"{url}: not found (HTTP 404 or no such object); check ingest.source") from None
+    except Exception as e:  # permanent: 4xx, bad credentials, unknown protocol
+        raise InputError(f"{url}: cannot be read ({type(e).__name__}: {e})") from None
+
+
+def read_source(params: Ingest, log=print) -> Source:
+    if is_remote(params.source):
+        with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
+            local = fetch(params.source, Path(tmp), params, log)
+            return Source(_read_file(local, params.format, params), _hash_files([local]), 1)
+    path = resolve_local(params.source)
+    if path.is_dir():
+        table, files = _read_folder(path, params)
+        return Source(table, _hash_files(files, path), len(files))
+    if not path.exists():
+        raise InputError(f"{path}: ingest.source does not exist")
+    return Source(_read_file(path, params.format, params), _hash_files([path]), 1)

@@ -1,0 +1,154 @@
+"""The fitted preprocessing: fit on training rows column by column, apply batch by batch.
+
+    t = fit(dataset, columns, train_mask, params)   # clean, once
+    arrays, text = apply(batch, t)                   # clean, evaluate, predict
+
+The transform is a JSON-ready dict saved beside the clean table. Numeric
+columns: a fill value (mean / median / mode / constant), optional clipping to
+training quantiles, then standard or min-max scaling (per column, or one scale
+for all, as for pixels). Categorical columns: a fill (mode or a constant
+category), then one-hot or ordinal codes over the training categories; a
+category never seen in training becomes all zeros (one-hot) or -1 (ordinal).
+A text column is normalised (Unicode NFKD, accents stripped, lower case,
+whitespace collapsed) and passed on as text for augment to tokenize.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.errors import InputError
+from tasks.params import Clean, TextNorm
+
+
+def strategy_of(name: str, kind: str, params: Clean) -> str:
+    default = params.missing if kind == "number" else params.missing_category
+    return params.missing_columns.get(name, default)
+
+
+def _numeric(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
+
+
+def _mode(values):
+    uniq, counts = np.unique(values, return_counts=True)
+    return uniq[np.argmax(counts)]  # ties: the smallest value
+
+
+def fit_numeric(name: str, x: np.ndarray, params: Clean) -> dict:
+    """Fill, clip and moments of one numeric column's training values (NaN = missing)."""
+    strategy = strategy_of(name, "number", params)
+    present = x[~np.isnan(x)]
+    if present.size == 0 and strategy not in ("constant", "drop"):
+        raise InputError(f"column {name!r}: no value in any training row, so its {strategy} is undefined; "
+                         f"set clean.missing_columns.{name} to constant or drop the column")
+    fill = {"mean": lambda: present.mean(), "median": lambda: np.median(present), "mode": lambda: _mode(present),
+            "constant": lambda: params.fill_value, "drop": lambda: 0.0}[strategy]()
+    x = np.where(np.isnan(x), fill, x)
+    lo = hi = None
+    if params.outliers and x.size:
+        lo, hi = (float(q) for q in np.quantile(x, params.outliers))
+        x = np.clip(x, lo, hi)
+    return {"name": name, "strategy": strategy, "fill": float(fill), "clip": [lo, hi] if lo is not None else None,
+            "n": int(x.size), "sum": float(x.sum()), "sumsq": float(np.square(x).sum()),
+            "min": float(x.min()) if x.size else 0.0, "max": float(x.max()) if x.size else 0.0}
+
+
+def finish_scaling(stats: list[dict], params: Clean) -> list[dict]:
+    """Centre and scale per column, or one pair for all numeric columns (pixels keep their relations)."""
+    groups = [[s] for s in stats] if params.per_column else [stats]
+    for group in groups:
+        n = sum(s["n"] for s in group) or 1
+        mean = sum(s["sum"] for s in group) / n
+        std = max(sum(s["sumsq"] for s in group) / n - mean**2, 0.0) ** 0.5
+        lo, hi = min((s["min"] for s in group), default=0.0), max((s["max"] for s in group), default=1.0)
+        center, scale = {"standard": (mean, std), "minmax": (lo, hi - lo), "none": (0.0, 1.0)}[params.scaling]
+        for s in group:
+            s["center"], s["scale"] = center, scale if scale > 0 else 1.0  # a constant column stays finite
+    return [{k: s[k] for k in ("name", "strategy", "fill", "clip", "center", "scale")} for s in stats]
+
+
+def fit_category(name: str, values: pa.ChunkedArray, params: Clean) -> dict:
+    strategy = strategy_of(name, "category", params)
+    if strategy not in ("drop", "mode", "constant"):
+        raise InputError(f"clean.missing_columns.{name}: {strategy!r} needs numbers; column {name!r} holds "
+                         f"categories, use mode, constant or drop")
+    counts = pc.value_counts(pc.cast(values, pa.string()).drop_null()).to_pylist()
+    fill = None
+    if strategy == "mode" and counts:
+        fill = min(counts, key=lambda c: (-c["counts"], c["values"]))["values"]
+    elif strategy == "constant":
+        fill = params.fill_category
+    categories = sorted({c["values"] for c in counts} | ({fill} if fill is not None and values.null_count else set()))
+    if len(categories) > params.max_categories:
+        raise InputError(f"column {name!r}: {len(categories)} distinct values in training rows, more than "
+                         f"clean.max_categories ({params.max_categories}); raise the limit, or name it as "
+                         f"ingest.text_column if it is free text")
+    return {"name": name, "strategy": strategy, "fill": fill, "categories": categories,
+            "encoding": params.categorical}
+
+
+def feature_names(t: dict) -> list[str]:
+    names = [c["name"] for c in t["numeric"]]
+    for c in t["categorical"]:
+        names += [f"{c['name']}={v}" for v in c["categories"]] if c["encoding"] == "onehot" else [c["name"]]
+    return names
+
+
+def normalise_text(values: pa.Array | pa.ChunkedArray, norm: TextNorm | dict) -> pa.Array:
+    norm = TextNorm.model_validate(norm) if isinstance(norm, dict) else norm
+    out = pc.fill_null(pc.cast(values, pa.string()), "")
+    if norm.strip_accents:
+        out = pc.replace_substring_regex(pc.utf8_normalize(out, "NFKD"), r"\p{Mn}+", "")
+    if norm.lowercase:
+        out = pc.utf8_lower(out)
+    if norm.collapse_whitespace:
+        out = pc.utf8_trim_whitespace(pc.replace_substring_regex(out, r"\s+", " "))
+    return out
+
+
+def _codes(values: pa.Array, categories: list[str]) -> np.ndarray:
+    """Index of each value in `categories`, -1 for unseen or missing."""
+    value_set = pa.array(categories, pa.string())
+    if pa.types.is_dictionary(values.type):
+        idx = pc.index_in(pc.cast(values.dictionary, pa.string()), value_set=value_set)
+        lookup = np.append(pc.fill_null(idx, -1).to_numpy(zero_copy_only=False), -1)
+        ind = pc.fill_null(values.indices, len(values.dictionary)).to_numpy(zero_copy_only=False)
+        return lookup[ind]
+    return pc.fill_null(pc.index_in(pc.cast(values, pa.string()), value_set=value_set), -1).to_numpy(
+        zero_copy_only=False)
+
+
+def apply(batch: pa.RecordBatch | pa.Table, t: dict) -> tuple[list[pa.Array], pa.Array | None]:
+    """Feature arrays (float32, in feature_names order) and the normalised text column, if any."""
+    arrays = []
+    for c in t["numeric"]:
+        x = _numeric(batch.column(c["name"]))
+        x = np.where(np.isnan(x), c["fill"], x)
+        if c["clip"]:
+            x = np.clip(x, *c["clip"])
+        arrays.append(pa.array(((x - c["center"]) / c["scale"]).astype(np.float32)))
+    for c in t["categorical"]:
+        values = batch.column(c["name"])
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if c["fill"] is not None and values.null_count:
+            values = pc.fill_null(pc.cast(values, pa.string()), c["fill"])
+        codes = _codes(values, c["categories"])
+        if c["encoding"] == "onehot":
+            arrays += [pa.array((codes == k).astype(np.float32)) for k in range(len(c["categories"]))]
+        else:
+            arrays.append(pa.array(codes.astype(np.float32)))
+    text = None
+    if t.get("text_column"):
+        text = normalise_text(batch.column(t["text_column"]), t["text"])
+        if isinstance(text, pa.ChunkedArray):
+            text = text.combine_chunks()
+    return arrays, text
+
+
+def label_codes(values: pa.Array | pa.ChunkedArray, classes: list) -> np.ndarray:
+    """Class index of each label (classes in the order saved in the transform)."""
+    return _codes(values, [str(c) for c in classes]).astype(np.int64)
