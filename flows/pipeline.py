@@ -53,6 +53,20 @@ def _stage_outs(repo: Path, stage: str) -> dict:
     return {o["path"]: o.get("md5") for o in entry.get("outs", [])}
 
 
+def _error_lines(lines: list[str]) -> list[str]:
+    """The stage's error lines, with the indented lines that continue them (one per violation)."""
+    errors, inside = [], False
+    for ln in lines:
+        if ln.startswith(("error", "ERROR")):
+            errors.append(ln)
+            inside = True
+        elif inside and ln.startswith("  "):
+            errors.append(ln)
+        else:
+            inside = False
+    return errors
+
+
 def run_dvc_stage(stage: str, repo: str = ".", timeout_s: float = 3600, force: bool = False) -> dict:
     """`dvc repro --single-item <stage>` as a subprocess, its lines in the run log.
 
@@ -91,7 +105,7 @@ def run_dvc_stage(stage: str, repo: str = ".", timeout_s: float = 3600, force: b
     if rc != 0:
         if timed_out.is_set():
             raise StageFailed(f"stage {stage!r} killed after its {timeout_s:.0f} s timeout")
-        errors = [ln for ln in lines if ln.startswith("error") or ln.startswith("ERROR")] or lines[-5:]
+        errors = _error_lines(lines) or lines[-5:]
         message = f"stage {stage!r} failed:\n" + "\n".join(errors)
         if re.search(rf"exited with {EXIT_TRANSIENT}\b", "\n".join(lines)):
             raise TransientStageFailure(message)

@@ -30,8 +30,18 @@ import torch.nn.functional as F
 from tasks.contract import check_model_table
 from tasks.errors import InputError, run_main
 from tasks.params import Augment, ImageAug, TableAug, TextAug, load_params
-from tasks.tables import (LABEL, SPLIT, SPLITS, feature_names, image_shape_of, model_schema, read_json,
-                          read_model_table, text_column_of, write_table)
+from tasks.tables import (
+    LABEL,
+    SPLIT,
+    SPLITS,
+    feature_names,
+    image_shape_of,
+    model_schema,
+    read_json,
+    read_model_table,
+    text_column_of,
+    write_table,
+)
 
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]"]

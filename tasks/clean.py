@@ -103,7 +103,7 @@ def check_split_labels(labels: pa.ChunkedArray, keep: np.ndarray, split: np.ndar
     sp = split[keep]
     per = {s: set(_sorted_classes(kept.filter(pa.array(sp == i)))) for i, s in enumerate(SPLITS)}
     problems = []
-    for i, s in enumerate(SPLITS):
+    for s in SPLITS:
         if not per[s]:
             problems.append(f"the {s} split has no rows")
         elif s != "train" and per[s] - per["train"]:

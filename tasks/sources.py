@@ -18,6 +18,7 @@ import hashlib
 import importlib.resources
 import re
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,7 +222,7 @@ def fetch(url: str, dest: Path, params: Ingest, log=print) -> Path:
     def attempt_once() -> Path:
         options = {"timeout": params.timeout_s} if url.startswith("http") else {}
         fs, path = fsspec.core.url_to_fs(url, **(options | dict(params.storage_options)))
-        local = dest / Path(path).name
+        local = dest / (Path(urllib.parse.urlsplit(path).path).name or "download")  # no ?query or #fragment
         local.unlink(missing_ok=True)
         fs.get_file(path, str(local))
         return local
@@ -234,7 +235,8 @@ def fetch(url: str, dest: Path, params: Ingest, log=print) -> Path:
         return retrying(attempt_once)
     except RetryError as e:
         cause = e.last_attempt.exception()
-        raise TransientIOError(f"{url}: still failing after {params.retries + 1} attempts ({cause!r})") from None
+        n = params.retries + 1
+        raise TransientIOError(f"{url}: still failing after {n} attempt{'s' if n > 1 else ''} ({cause!r})") from None
     except FileNotFoundError:
         raise InputError(f"{url}: not found (HTTP 404 or no such object); check ingest.source") from None
     except Exception as e:  # permanent: 4xx, bad credentials, unknown protocol

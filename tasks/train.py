@@ -30,8 +30,16 @@ from tqdm import tqdm
 
 from tasks.errors import InputError, run_main
 from tasks.params import Params, Train, load_params
-from tasks.tables import (LABEL, atomic_path, feature_names, image_shape_of, read_json, read_model_table, sha256_file,
-                          write_json)
+from tasks.tables import (
+    LABEL,
+    atomic_path,
+    feature_names,
+    image_shape_of,
+    read_json,
+    read_model_table,
+    sha256_file,
+    write_json,
+)
 
 RUN_FILE = "run.json"  # beside the checkpoints: fingerprint, DeepSpeed config, model config
 

@@ -172,37 +172,9 @@ def test_corrupt_checkpoint_is_refused_with_its_name(flow_repo):
     assert (repo / "model/model.safetensors").read_bytes() == model_before
 
 
-def test_users_own_csv_table_trains_by_changing_params_only(tmp_path):
-    """A real table (UCI wine, 13 numeric features, string labels) through the MLP."""
-    import csv
-
-    from sklearn.datasets import load_wine
-
-    repo = copy_repo(tmp_path / "own", master_port=29650)
-    wine = load_wine()
-    with open(repo / "data/sources/wine.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*wine.feature_names, "cultivar"])
-        writer.writerows([*row, wine.target_names[t]] for row, t in zip(wine.data, wine.target))
-    set_params(repo, {"ingest.source": "data/sources/wine.csv", "ingest.header": True,
-                      "ingest.label_column": "cultivar", "ingest.image_shape": None,
-                      "clean.per_column": True, "augment.copies": 0, "train.model": "mlp",
-                      "train.batch_size": 16, "train.epochs": 25})
-    out = run(["dvc", "repro"], repo).stdout
-    assert "ingest: 178 rows, 14 columns" in out
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert set(metrics["per_class"]) == {"class_0", "class_1", "class_2"}
-    assert metrics["accuracy"] >= 0.85, metrics
-
-    # editing the source file makes ingest stale: the folder is an ingest dependency
-    with open(repo / "data/sources/wine.csv", "a") as f:
-        f.write(",".join(map(str, wine.data[0])) + ",class_0\n")
-    assert "ingest:" in run(["dvc", "status"], repo).stdout
-
-
 @pytest.mark.parametrize("problem,expected", [
     ("empty_source", "empty.csv: the file is empty"),
-    ("no_label_column", "nolabel.csv: label column 'label' not found"),
+    ("no_label_column", "column 'label': label column not found"),
     ("unknown_param", "train.epochz: unknown key"),
 ])
 def test_bad_input_stops_before_training_and_loses_nothing(repro_repo, problem, expected):
