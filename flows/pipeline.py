@@ -35,6 +35,7 @@ from prefect.runtime import flow_run
 
 from tasks.errors import EXIT_TRANSIENT
 from tasks.evaluate import CONFUSION_PNG, CURVES_PNG
+from tasks.ingest import failed_report_path
 from tasks.params import load_params
 from tasks.sources import is_remote
 
@@ -141,7 +142,9 @@ def publish_contract(repo: Path) -> None:
     """The data contract report (violations, drift) as a markdown artifact, pass or fail."""
     with contextlib.chdir(repo):
         p = load_params()
-    path = repo / p.paths.contract_report
+    path, failed = repo / p.paths.contract_report, repo / failed_report_path(p.paths.contract_report)
+    if failed.exists() and (not path.exists() or failed.stat().st_mtime >= path.stat().st_mtime):
+        path = failed  # this run's ingest refused the data
     if not path.exists():
         return
     r = json.loads(path.read_text())

@@ -9,9 +9,11 @@ the data version: unchanged data gives byte-identical files, so DVC reruns
 nothing downstream; changed data gives a new version, and earlier versions
 stay in DVC's cache and git history (`dvc get . data/raw/table.parquet --rev <commit>`).
 
-The contract report (violations, profile, drift against the previous version)
-is written whether or not the data passes; on a violation the previous
-snapshot stays in place and the stage fails with every problem listed.
+The contract report (violations, drift against the previous version) is a
+DVC output describing the current data version. A refused source gets its
+report beside it (`contract.failed.json`, not a DVC output, so the last good
+version stays clean in `dvc status`), the previous snapshot stays in place,
+and the stage fails with every problem listed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ def _plain(table: pa.Table) -> pa.Table:
     """Dictionary columns (e.g. pandas categoricals in Parquet) become plain columns."""
     fields = [pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in table.schema]
     return table.cast(pa.schema(fields)) if fields != list(table.schema) else table
+
+
+def failed_report_path(report_path: Path) -> Path:
+    """Where a refused ingest writes its report (git-ignored, not a DVC output)."""
+    return Path(report_path).with_suffix(".failed.json")
 
 
 def _previous(manifest_path: Path, report_path: Path) -> tuple[dict | None, dict | None]:
@@ -61,9 +68,11 @@ def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Pa
         if contract.drift.gate:
             violations += [dc.violation("drift", None, table.num_rows, msg) for msg in report["drift"]["exceeded"]]
     report["ok"] = not violations
-    if violations:
-        write_json(report_path, report)
-        raise InputError(dc.format_violations(params.source, violations, report_path))
+    failed_path = failed_report_path(report_path)
+    if violations:  # beside the DVC output, which keeps describing the last good version
+        write_json(failed_path, report)
+        raise InputError(dc.format_violations(params.source, violations, failed_path))
+    failed_path.unlink(missing_ok=True)
     write_table(table, raw_path)
     digest = sha256_file(raw_path)
     prof["version"] = digest[:16]

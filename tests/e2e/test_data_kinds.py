@@ -108,7 +108,7 @@ def test_contract_violation_fails_the_flow_and_shows_the_report(tmp_path, prefec
     state = pipeline(repo=str(repo), return_state=True)
     assert state.is_failed()
     assert "column 'b': mixed types" in str(state.result(raise_on_failure=False))
-    report = json.loads((repo / "reports/contract.json").read_text())
+    report = json.loads((repo / "reports/contract.failed.json").read_text())
     assert not report["ok"] and {v["column"] for v in report["violations"]} >= {"b", "label"}
     assert not (repo / "data/raw/table.parquet").exists()  # nothing was snapshotted, nothing trained
     with get_client(sync_client=True) as client:

@@ -16,6 +16,7 @@ from PIL import Image
 from tasks.contract import check, check_model_table, drift, format_violations, profile, violation
 from tasks.errors import InputError
 from tasks.hashing import assign_splits, row_hash
+from tasks.ingest import failed_report_path
 from tasks.params import ColumnRule, Contract, Drift, Ingest, Split
 from tests.tasks.conftest import paths, run_clean, run_ingest, tiny_csv
 
@@ -26,7 +27,9 @@ def digests(root: Path) -> dict:
 
 
 def report(root: Path) -> dict:
-    return json.loads(paths(root)["contract"].read_text())
+    """The report of the last ingest: a refused one writes it beside the DVC output."""
+    failed = failed_report_path(paths(root)["contract"])
+    return json.loads((failed if failed.exists() else paths(root)["contract"]).read_text())
 
 
 def write_csv(path: Path, lines: list[str]) -> Path:
@@ -163,7 +166,8 @@ def test_every_contract_violation_is_reported_at_once(root):
     contract = Contract(columns={"a": ColumnRule(type="number", min=0, max=5),
                                  "color": ColumnRule(allowed=("red", "blue")), "weight": ColumnRule(type="number")},
                         only_declared=True, min_rows=50, min_class_rows=2, max_class_ratio=3)
-    msg = refused(root, write_csv(root / "declared.csv", lines), "7 violation(s)", str(paths(root)["contract"]),
+    failed = str(failed_report_path(paths(root)["contract"]))
+    msg = refused(root, write_csv(root / "declared.csv", lines), "7 violation(s)", failed,
                   "10 data rows, at least 50 required", "column 'weight': declared column missing",
                   "column 'extra': column not declared in contract.columns",
                   "column 'a': 4 value(s) outside [0.0, 5.0] e.g. row 7: 6",

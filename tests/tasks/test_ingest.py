@@ -40,7 +40,8 @@ def test_header_only_file_is_refused(tmp_path):
     (tmp_path / "h.csv").write_text("a,b,label\n")
     with pytest.raises(InputError, match="0 data rows, at least 1 required"):
         run_ingest(tmp_path / "h.csv", tmp_path)
-    assert not json.loads((tmp_path / "contract.json").read_text())["ok"]
+    assert not json.loads((tmp_path / "contract.failed.json").read_text())["ok"]
+    assert not (tmp_path / "contract.json").exists()  # the DVC output describes good data only
 
 
 def test_missing_label_column_is_named(tmp_path):
