@@ -7,7 +7,7 @@ Generates a seeded table (8 float columns with missing values and outliers,
 few missing, about 1% exact duplicate rows), then cleans it with
 tasks.clean.clean (outliers clipped at the 1%/99% training quantiles) and with
 pandas, each in a fresh subprocess. Prints the best-of-R seconds of the clean
-call, the peak RSS above the process's RSS after imports, that peak over the
+call, the peak RSS (VmHWM) above the process's RSS after imports, that peak over the
 table's in-memory size (Arrow nbytes), and pandas seconds / stage seconds.
 Targets: the stage at least 5x faster than pandas, peak at most 2x the table.
 The stage is also run with a small batch_rows to show how memory follows it.
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.params import Clean  # noqa: E402
-from tasks.tables import sha256_file, write_json  # noqa: E402
+from tasks.tables import sha256_file, write_json, write_table  # noqa: E402
 
 OUTLIERS, TEST, VAL = (0.01, 0.99), Clean().split.test_fraction, Clean().split.val_fraction
 
@@ -86,9 +86,14 @@ def pandas_clean(raw: Path, out: Path) -> None:
     result.to_parquet(out, compression="zstd", compression_level=1, index=False)
 
 
-def peak_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return kb / (2**20 if sys.platform == "darwin" else 2**10)
+def rss_mb(key: str = "VmHWM") -> float:
+    """This process's peak (VmHWM) or current (VmRSS) resident memory. Not ru_maxrss on Linux: that is
+    carried over from the parent through fork and exec, so it would start at the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key)) / 2**10
+    except FileNotFoundError:  # macOS: ru_maxrss in bytes
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def child(kind: str, work: Path, repeat: int, batch_rows: int, profile: bool) -> None:
@@ -104,7 +109,7 @@ def child(kind: str, work: Path, repeat: int, batch_rows: int, profile: bool) ->
         import pandas  # noqa: F401  (imported before the RSS baseline, like pyarrow for the stage)
 
         run = lambda: pandas_clean(raw, out)  # noqa: E731
-    base, times = peak_mb(), []
+    base, times = rss_mb("VmRSS"), []
     for _ in range(repeat):
         start = time.perf_counter()
         run()
@@ -116,7 +121,7 @@ def child(kind: str, work: Path, repeat: int, batch_rows: int, profile: bool) ->
         prof = cProfile.Profile()
         prof.runcall(run)
         pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(15)
-    print(json.dumps({"seconds": min(times), "base_mb": base, "peak_mb": peak_mb(), "out": str(out)}))
+    print(json.dumps({"seconds": min(times), "base_mb": base, "peak_mb": rss_mb(), "out": str(out)}))
 
 
 def measure(kind: str, work: Path, args, batch_rows: int, profile: bool = False) -> dict:
@@ -149,7 +154,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         table = make_table(args.rows)
-        pq.write_table(table, work / "raw.parquet")
+        write_table(table, work / "raw.parquet")  # as ingest writes it (zstd, default row groups)
         size_mb = table.nbytes / 2**20
         del table
         write_json(work / "manifest.json", {"sha256": sha256_file(work / "raw.parquet"), "label_column": "label",

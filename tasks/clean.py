@@ -18,6 +18,8 @@ prediction time.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,8 @@ from tasks.hashing import assign_splits, row_hash
 from tasks.params import Clean, load_params
 from tasks.tables import SPLITS, atomic_path, model_schema, read_json, sha256_file, write_json
 
+WORKERS = min(4, os.cpu_count() or 1)
+
 
 def open_raw(raw_path: Path, manifest: dict) -> ds.Dataset:
     """The raw snapshot as a dataset, categorical columns read as dictionaries (hashed once per value)."""
@@ -45,6 +49,11 @@ def open_raw(raw_path: Path, manifest: dict) -> ds.Dataset:
     cats = [f.name for f in schema if kind_of(f, manifest.get("text_column")) == "category"]
     fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=cats))
     return ds.dataset(raw_path, format=fmt)
+
+
+def batches(dataset: ds.Dataset, batch_rows: int):
+    """The dataset's record batches in order, reading at most one batch ahead (memory stays flat)."""
+    return dataset.to_batches(batch_size=batch_rows, batch_readahead=1, fragment_readahead=1)
 
 
 def _sorted_classes(labels: pa.ChunkedArray) -> list[str]:
@@ -66,19 +75,17 @@ def scan(dataset: ds.Dataset, label: str, text: str | None, params: Clean) -> di
                          f"clean.missing_columns (columns: {', '.join(names[:12])})")
     kinds = {f.name: kind_of(f, text) for f in dataset.schema if f.name not in (label, text)}
     drop_cols = [c for c, kind in kinds.items() if tf.strategy_of(c, kind, params) == "drop"]
-    rows, key_hashes, incomplete = [], [], []
-    for batch in dataset.to_batches(batch_size=params.batch_rows):
+    def hash_batch(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h = row_hash(batch, names)
-        rows.append(h)
-        key_hashes.append(row_hash(batch, keys) if keys else h)
         gap = np.zeros(batch.num_rows, bool)
         for c in drop_cols:
             gap |= missing_mask(pa.chunked_array([batch.column(c)])).to_numpy()
-        incomplete.append(gap)
-    labels = dataset.to_table(columns=[label])[label]
-    cat = np.concatenate if rows else (lambda _: np.empty(0))
-    return {"rows": cat(rows), "keys": cat(key_hashes), "incomplete": cat(incomplete).astype(bool),
-            "labels": labels}
+        return h, row_hash(batch, keys) if keys else h, gap
+
+    parts = [hash_batch(b) for b in batches(dataset, params.batch_rows)]
+    rows, keys_, gaps = ([np.concatenate([p[i] for p in parts])] if parts else [np.empty(0)] for i in range(3))
+    return {"rows": rows[0].astype(np.uint64), "keys": keys_[0].astype(np.uint64),
+            "incomplete": gaps[0].astype(bool), "labels": dataset.to_table(columns=[label])[label]}
 
 
 def select(scanned: dict, params: Clean, raw_path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -115,17 +122,21 @@ def check_split_labels(labels: pa.ChunkedArray, keep: np.ndarray, split: np.ndar
 
 
 def fit(dataset: ds.Dataset, manifest: dict, train: np.ndarray, classes: list[str], params: Clean) -> dict:
-    """Pass 2: the transform, fitted on training rows, one column in memory at a time."""
+    """Pass 2: the transform, fitted on training rows, one column in memory per thread."""
     label, text = manifest["label_column"], manifest.get("text_column")
-    numeric, categorical, mask = [], [], pa.array(train)
-    for field in dataset.schema:
-        if field.name in (label, text):
-            continue
-        col = dataset.to_table(columns=[field.name])[field.name].filter(mask)
+    mask = pa.array(train)
+
+    def fit_column(field: pa.Field) -> dict:
+        col = dataset.to_table(columns=[field.name], batch_readahead=1)[field.name].filter(mask)
         if kind_of(field, text) == "number":
-            numeric.append(tf.fit_numeric(field.name, tf._numeric(col), params))
-        else:
-            categorical.append(tf.fit_category(field.name, col, params))
+            return tf.fit_numeric(field.name, tf._numeric(col), params)
+        return tf.fit_category(field.name, col, params)
+
+    fields = [f for f in dataset.schema if f.name not in (label, text)]
+    with ThreadPoolExecutor(WORKERS) as pool:  # numpy and Arrow release the GIL: columns fit side by side
+        fitted = dict(zip([f.name for f in fields], pool.map(fit_column, fields)))
+    numeric = [fitted[f.name] for f in fields if kind_of(f, text) == "number"]
+    categorical = [fitted[f.name] for f in fields if kind_of(f, text) != "number"]
     t = {"numeric": tf.finish_scaling(numeric, params), "categorical": categorical,
          "label_column": label, "classes": classes, "text_column": text, "text": params.text.model_dump(),
          "image_shape": manifest.get("image_shape"), "data_version": manifest.get("version")}
@@ -135,23 +146,35 @@ def fit(dataset: ds.Dataset, manifest: dict, train: np.ndarray, classes: list[st
 
 def write_clean(dataset: ds.Dataset, t: dict, keep: np.ndarray, split: np.ndarray, out_path: Path,
                 batch_rows: int) -> dict:
-    """Pass 3: transform every kept row, batch by batch, into the clean table."""
+    """Pass 3: transform every kept row, batch by batch, into the clean table.
+
+    One thread transforms the next batch while this one is written.
+    """
     schema = model_schema(t["features"], t["image_shape"], t["text_column"])
-    split_names, offset = pa.array(SPLITS), 0
+    split_names = pa.array(SPLITS)
     missing = dict.fromkeys([c["name"] for c in t["numeric"] + t["categorical"]], 0)
-    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=1,
-                                                         use_dictionary=[schema.names[-1]]) as writer:
-        for batch in dataset.to_batches(batch_size=batch_rows):
-            n = batch.num_rows
-            m, offset = keep[offset:offset + n], offset + n
-            batch = batch.filter(pa.array(m))
-            for name in missing:
-                missing[name] += int(pc.sum(missing_mask(pa.chunked_array([batch.column(name)]))).as_py() or 0)
-            arrays, text = tf.apply(batch, t)
-            y = tf.label_codes(batch.column(t["label_column"]), t["classes"])
-            cols = arrays + ([text] if text is not None else [])
-            cols += [pa.array(y), split_names.take(pa.array(split[offset - n:offset][m]))]
-            writer.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema))
+
+    def transform(batch: pa.RecordBatch, start: int) -> pa.RecordBatch:
+        m = keep[start:start + batch.num_rows]
+        batch = batch.filter(pa.array(m))
+        for name in missing:
+            missing[name] += int(pc.sum(missing_mask(pa.chunked_array([batch.column(name)]))).as_py() or 0)
+        arrays, text = tf.apply(batch, t)
+        y = tf.label_codes(batch.column(t["label_column"]), t["classes"])
+        cols = arrays + ([text] if text is not None else [])
+        cols += [pa.array(y), split_names.take(pa.array(split[start:start + len(m)][m]))]
+        return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+    with atomic_path(out_path) as tmp, ThreadPoolExecutor(1) as pool, pq.ParquetWriter(
+            tmp, schema, compression="zstd", compression_level=1, use_dictionary=[schema.names[-1]]) as writer:
+        pending, start = None, 0
+        for batch in batches(dataset, batch_rows):
+            job, start = pool.submit(transform, batch, start), start + batch.num_rows
+            if pending is not None:
+                writer.write_batch(pending.result())
+            pending = job
+        if pending is not None:
+            writer.write_batch(pending.result())
     return {"missing_values_filled": sum(missing.values()), "missing_by_column": {k: v for k, v in missing.items()
                                                                                    if v}}
 

@@ -38,21 +38,27 @@ def _mode(values):
 
 
 def fit_numeric(name: str, x: np.ndarray, params: Clean) -> dict:
-    """Fill, clip and moments of one numeric column's training values (NaN = missing)."""
+    """Fill, clip bounds and moments of one numeric column's training values (NaN = missing).
+
+    The median and the clipping quantiles are taken in one partition of the
+    values present; the moments are those of the filled, clipped values.
+    """
     strategy = strategy_of(name, "number", params)
     present = x[~np.isnan(x)]
     if present.size == 0 and strategy not in ("constant", "drop"):
         raise InputError(f"column {name!r}: no value in any training row, so its {strategy} is undefined; "
                          f"set clean.missing_columns.{name} to constant or drop the column")
-    fill = {"mean": lambda: present.mean(), "median": lambda: np.median(present), "mode": lambda: _mode(present),
+    qs = [0.5] + list(params.outliers or ())
+    quantiles = np.quantile(present, qs) if present.size and (strategy == "median" or params.outliers) else None
+    fill = {"mean": lambda: present.mean(), "median": lambda: quantiles[0], "mode": lambda: _mode(present),
             "constant": lambda: params.fill_value, "drop": lambda: 0.0}[strategy]()
     x = np.where(np.isnan(x), fill, x)
     lo = hi = None
-    if params.outliers and x.size:
-        lo, hi = (float(q) for q in np.quantile(x, params.outliers))
-        x = np.clip(x, lo, hi)
+    if params.outliers and quantiles is not None:
+        lo, hi = float(quantiles[1]), float(quantiles[2])
+        np.clip(x, lo, hi, out=x)
     return {"name": name, "strategy": strategy, "fill": float(fill), "clip": [lo, hi] if lo is not None else None,
-            "n": int(x.size), "sum": float(x.sum()), "sumsq": float(np.square(x).sum()),
+            "n": int(x.size), "sum": float(x.sum()), "sumsq": float(np.dot(x, x)),
             "min": float(x.min()) if x.size else 0.0, "max": float(x.max()) if x.size else 0.0}
 
 
@@ -70,12 +76,25 @@ def finish_scaling(stats: list[dict], params: Clean) -> list[dict]:
     return [{k: s[k] for k in ("name", "strategy", "fill", "clip", "center", "scale")} for s in stats]
 
 
+def _value_counts(values: pa.ChunkedArray) -> list[dict]:
+    """[{values, counts}] of the non-missing values; a dictionary column is counted by its codes."""
+    if pa.types.is_dictionary(values.type):
+        values = values.unify_dictionaries()
+        words = values.chunk(0).dictionary if values.num_chunks else pa.array([], pa.string())
+        codes = np.concatenate([c.indices.drop_null().to_numpy(zero_copy_only=False) for c in values.chunks] or
+                               [np.empty(0, np.int64)])
+        counts = np.bincount(codes, minlength=len(words))
+        return [{"values": w, "counts": int(k)} for w, k in zip(pc.cast(words, pa.string()).to_pylist(), counts)
+                if k]
+    return pc.value_counts(pc.cast(values, pa.string()).drop_null()).to_pylist()
+
+
 def fit_category(name: str, values: pa.ChunkedArray, params: Clean) -> dict:
     strategy = strategy_of(name, "category", params)
     if strategy not in ("drop", "mode", "constant"):
         raise InputError(f"clean.missing_columns.{name}: {strategy!r} needs numbers; column {name!r} holds "
                          f"categories, use mode, constant or drop")
-    counts = pc.value_counts(pc.cast(values, pa.string()).drop_null()).to_pylist()
+    counts = _value_counts(values)
     fill = None
     if strategy == "mode" and counts:
         fill = min(counts, key=lambda c: (-c["counts"], c["values"]))["values"]
