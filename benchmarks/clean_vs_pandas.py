@@ -11,7 +11,8 @@ call, the peak RSS (VmHWM) above the process's RSS after imports, that peak over
 table's in-memory size (Arrow nbytes), and pandas seconds / stage seconds.
 Targets: the stage at least 5x faster than pandas, peak at most 2x the table.
 The stage is also run with a small batch_rows to show how memory follows it.
---profile prints the stage's top 15 functions by cumulative time (cProfile).
+--profile prints the stage's top 15 functions by cumulative time (cProfile sees the
+main thread only: work done in the stage's thread pools shows as lock waits).
 """
 
 from __future__ import annotations

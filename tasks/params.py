@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,8 +64,9 @@ class Ingest(Section):
     )
     retries: int = Field(3, ge=0, le=20, description="remote sources: retries on transient errors")
     timeout_s: float = Field(60.0, gt=0, description="remote sources: seconds per attempt")
-    storage_options: dict[str, str | int | float | bool] = Field(
-        {}, description="remote sources: fsspec options, e.g. endpoint_url; credentials come from the environment"
+    storage_options: dict[str, Any] = Field(
+        {}, description="remote sources: fsspec options, e.g. {client_kwargs: {endpoint_url: ...}} for s3; "
+        "credentials come from the environment"
     )
 
 

@@ -53,7 +53,7 @@ def test_input_error_is_not_retried_and_names_the_problem(tmp_path, prefect_serv
 
 
 def test_a_hanging_stage_is_killed_with_its_process_group(tmp_path, prefect_server):
-    repo = toy_repo(tmp_path, "sh -c 'sleep 300 & sleep 300; touch out.txt'")
+    repo = toy_repo(tmp_path, "sh -c 'sleep 299.5 & sleep 299.5; touch out.txt'")
     hanging = task(run_dvc_stage, name="ingest")
 
     @flow
@@ -64,5 +64,5 @@ def test_a_hanging_stage_is_killed_with_its_process_group(tmp_path, prefect_serv
     with pytest.raises(StageFailed, match="timeout"):
         once()
     assert time.monotonic() - start < 60
-    left = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout
+    left = subprocess.run(["pgrep", "-f", "sleep 299.5"], capture_output=True, text=True).stdout
     assert left == ""

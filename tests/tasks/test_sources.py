@@ -247,7 +247,7 @@ def s3(monkeypatch):
 def test_s3_source_through_s3fs(tmp_path, s3):
     client, endpoint = s3
     client.put_object(Bucket="data", Key="in/table.csv", Body=CSV)
-    m = run_ingest("s3://data/in/table.csv", tmp_path, storage_options={"endpoint_url": endpoint})
+    m = run_ingest("s3://data/in/table.csv", tmp_path, storage_options={"client_kwargs": {"endpoint_url": endpoint}})
     assert m["rows"] == CSV_ROWS and m["source_sha256"] == hashlib.sha256(CSV).hexdigest()
     assert snapshot(tmp_path).to_pylist() == pacsv.read_csv(pa.BufferReader(CSV)).to_pylist()
 
@@ -255,5 +255,5 @@ def test_s3_source_through_s3fs(tmp_path, s3):
 def test_missing_s3_key_is_an_input_error(tmp_path, s3):
     root, before = good_snapshot(tmp_path)
     with pytest.raises(InputError, match=r"s3://data/nope\.csv: not found"):
-        run_ingest("s3://data/nope.csv", root, storage_options={"endpoint_url": s3[1]})
+        run_ingest("s3://data/nope.csv", root, storage_options={"client_kwargs": {"endpoint_url": s3[1]}})
     assert files_of(root) == before
