@@ -82,10 +82,9 @@ def scan(dataset: ds.Dataset, label: str, text: str | None, params: Clean) -> di
             gap |= missing_mask(pa.chunked_array([batch.column(c)])).to_numpy()
         return h, row_hash(batch, keys) if keys else h, gap
 
-    parts = [hash_batch(b) for b in batches(dataset, params.batch_rows)]
-    rows, keys_, gaps = ([np.concatenate([p[i] for p in parts])] if parts else [np.empty(0)] for i in range(3))
-    return {"rows": rows[0].astype(np.uint64), "keys": keys_[0].astype(np.uint64),
-            "incomplete": gaps[0].astype(bool), "labels": dataset.to_table(columns=[label])[label]}
+    rows, key_hashes, gaps = zip(*[hash_batch(b) for b in batches(dataset, params.batch_rows)])  # >= 1 row
+    return {"rows": np.concatenate(rows), "keys": np.concatenate(key_hashes), "incomplete": np.concatenate(gaps),
+            "labels": dataset.to_table(columns=[label])[label]}
 
 
 def select(scanned: dict, params: Clean, raw_path: Path) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -11,7 +11,6 @@ report is saved by ingest as a DVC output and published by the Prefect flow.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -114,9 +113,9 @@ def _check_column(name: str, col: pa.ChunkedArray, field: pa.Field, rule, contra
         return out
     if rule and kind == "number" and (rule.min is not None or rule.max is not None):
         values = pc.cast(col, pa.float64())
-        low = pc.less(values, rule.min) if rule.min is not None else pc.equal(values, math.nan)
-        high = pc.greater(values, rule.max) if rule.max is not None else pc.equal(values, math.nan)
-        bad = pc.fill_null(pc.or_(low, high), False)
+        outside = [pc.less(values, rule.min)] if rule.min is not None else []
+        outside += [pc.greater(values, rule.max)] if rule.max is not None else []
+        bad = pc.fill_null(outside[0] if len(outside) == 1 else pc.or_(*outside), False)
         k = int(pc.sum(bad).as_py() or 0)
         if k:
             out.append(violation("range", name, k, f"{k} value(s) outside [{rule.min}, {rule.max}]",

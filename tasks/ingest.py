@@ -25,7 +25,7 @@ import pyarrow as pa
 from tasks import contract as dc
 from tasks.errors import InputError, run_main
 from tasks.params import Contract, Ingest, load_params
-from tasks.sources import read_source
+from tasks.sources import is_remote, read_source
 from tasks.tables import read_json, sha256_file, write_json, write_table
 
 
@@ -92,7 +92,8 @@ def main() -> None:
     def body():
         p = load_params()
         src = p.ingest.source
-        if ":" not in src.split("/")[0] and not Path(src).resolve().is_relative_to(p.paths.sources.resolve()):
+        local = not (is_remote(src) or src.startswith("pkg:"))
+        if local and not Path(src).resolve().is_relative_to(p.paths.sources.resolve()):
             print(f"ingest: warning: {src} is outside {p.paths.sources}/, so DVC will not rerun "
                   f"ingest when it changes; move it there", flush=True)
         m = ingest(p.ingest, p.contract, p.paths.raw, p.paths.raw_manifest, p.paths.contract_report)

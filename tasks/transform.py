@@ -128,16 +128,16 @@ def normalise_text(values: pa.Array | pa.ChunkedArray, norm: TextNorm | dict) ->
     return out
 
 
-def _codes(values: pa.Array, categories: list[str]) -> np.ndarray:
-    """Index of each value in `categories`, -1 for unseen or missing."""
+def _codes(values: pa.Array, categories: list[str], missing: int = -1) -> np.ndarray:
+    """Index of each value in `categories`: -1 for an unseen value, `missing` for a missing one."""
     value_set = pa.array(categories, pa.string())
-    if pa.types.is_dictionary(values.type):
+    if pa.types.is_dictionary(values.type):  # look up each distinct value once
         idx = pc.index_in(pc.cast(values.dictionary, pa.string()), value_set=value_set)
-        lookup = np.append(pc.fill_null(idx, -1).to_numpy(zero_copy_only=False), -1)
-        ind = pc.fill_null(values.indices, len(values.dictionary)).to_numpy(zero_copy_only=False)
-        return lookup[ind]
-    return pc.fill_null(pc.index_in(pc.cast(values, pa.string()), value_set=value_set), -1).to_numpy(
-        zero_copy_only=False)
+        lookup = np.append(pc.fill_null(idx, -1).to_numpy(zero_copy_only=False), missing)
+        return lookup[pc.fill_null(values.indices, len(values.dictionary)).to_numpy(zero_copy_only=False)]
+    codes = pc.fill_null(pc.index_in(pc.cast(values, pa.string()), value_set=value_set), -1)
+    return np.where(pc.is_null(values).to_numpy(zero_copy_only=False), missing,
+                    codes.to_numpy(zero_copy_only=False))
 
 
 def apply(batch: pa.RecordBatch | pa.Table, t: dict) -> tuple[list[pa.Array], pa.Array | None]:
@@ -153,9 +153,8 @@ def apply(batch: pa.RecordBatch | pa.Table, t: dict) -> tuple[list[pa.Array], pa
         values = batch.column(c["name"])
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
-        if c["fill"] is not None and values.null_count:
-            values = pc.fill_null(pc.cast(values, pa.string()), c["fill"])
-        codes = _codes(values, c["categories"])
+        fill = c["categories"].index(c["fill"]) if c["fill"] in c["categories"] else -1
+        codes = _codes(values, c["categories"], missing=fill)
         if c["encoding"] == "onehot":
             arrays += [pa.array((codes == k).astype(np.float32)) for k in range(len(c["categories"]))]
         else:
