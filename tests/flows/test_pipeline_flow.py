@@ -66,3 +66,15 @@ def test_a_hanging_stage_is_killed_with_its_process_group(tmp_path, prefect_serv
     assert time.monotonic() - start < 60
     left = subprocess.run(["pgrep", "-f", "sleep 299.5"], capture_output=True, text=True).stdout
     assert left == ""
+
+
+def test_forced_stage_reruns_although_dvc_sees_no_change(tmp_path, prefect_server):
+    """What the flow does for a URL source: DVC cannot see a remote file change, so ingest is forced."""
+    repo = toy_repo(tmp_path, "python -c \"import time; open('out.txt','w').write(str(time.time_ns()))\"")
+
+    @flow
+    def twice(force: bool):
+        return [ingest(stage="ingest", repo=str(repo), force=force) for _ in range(2)]
+
+    assert [s["status"] for s in twice(False)] == ["ran", "skipped"]
+    assert [s["status"] for s in twice(True)] == ["ran", "ran"]

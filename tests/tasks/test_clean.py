@@ -124,3 +124,11 @@ def test_column_without_training_values_is_named(tmp_path):
     with pytest.raises(InputError, match="column 'b': no value in any training row"):
         run_clean(tmp_path)
     assert not (tmp_path / "clean.parquet").exists()
+
+
+def test_missing_categories_take_the_fill_code_in_plain_and_dictionary_columns():
+    t = {"numeric": [], "categorical": [{"name": "c", "fill": "(missing)", "categories": ["(missing)", "a", "b"],
+                                         "encoding": "ordinal"}]}
+    plain = pa.array(["a", None, "z", "b"])
+    for values in (plain, plain.dictionary_encode()):
+        assert tf.apply(pa.table({"c": values}), t)[0][0].to_pylist() == [1.0, 0.0, -1.0, 2.0]
