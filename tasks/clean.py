@@ -2,15 +2,16 @@
 
     python -m tasks.clean             # what `dvc repro clean` runs
 
-The raw snapshot is streamed in batches through an Arrow dataset, so a table
-larger than memory is cleaned in three passes that each hold one batch (or
-one column) at a time:
+The raw snapshot (Parquet, in row groups of 65,536 rows) is streamed in
+batches, so a table larger than memory is cleaned in three passes that each
+hold a few batches (or columns) at a time, and keep both cores busy:
 
 1. hash every row: exact duplicates are found across batches, and each row's
    split follows from the hash of its key (hashing.py), so adding rows never
    moves an existing row to another split;
-2. fit the transform (transform.py) on the training rows, one column at a time;
-3. apply it batch by batch and write the clean table.
+2. fit the transform (transform.py) on the training rows, a column per thread;
+3. apply it batch by batch (a batch per thread) and write the clean table, an
+   Arrow IPC file: Parquet's per-value encoding would take most of the stage.
 
 The fitted transform is saved as JSON and applied unchanged at evaluation and
 prediction time.
@@ -19,41 +20,68 @@ prediction time.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tasks import transform as tf
 from tasks.contract import kind_of, missing_mask
 from tasks.errors import InputError, run_main
-from tasks.hashing import assign_splits, row_hash
+from tasks.hashing import assign_splits, first_occurrences, row_hash
 from tasks.params import Clean, load_params
-from tasks.tables import SPLITS, atomic_path, model_schema, read_json, sha256_file, write_json
+from tasks.tables import SPLITS, model_schema, read_json, sha256_file, table_writer, write_json
 
 WORKERS = min(4, os.cpu_count() or 1)
 
 
-def open_raw(raw_path: Path, manifest: dict) -> ds.Dataset:
-    """The raw snapshot as a dataset, categorical columns read as dictionaries (hashed once per value)."""
-    try:
-        schema = pq.read_schema(raw_path)
-    except FileNotFoundError:
-        raise InputError(f"{raw_path}: raw snapshot not found; run ingest first") from None
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{raw_path}: not a readable Parquet file ({e})") from None
-    cats = [f.name for f in schema if kind_of(f, manifest.get("text_column")) == "category"]
-    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=cats))
-    return ds.dataset(raw_path, format=fmt)
+class Raw:
+    """The raw snapshot, read a column or a batch at a time; categorical columns come as dictionaries
+    (each distinct value hashed and looked up once). Each read opens its own reader, so threads can
+    read columns side by side, and a batch is decoded only when it is asked for: an Arrow dataset
+    scanner decodes ahead of a slow consumer and would hold most of the table at once."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = path
+        try:
+            self.schema = pq.read_schema(path)
+        except FileNotFoundError:
+            raise InputError(f"{path}: raw snapshot not found; run ingest first") from None
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+        self.categories = [f.name for f in self.schema if kind_of(f, manifest.get("text_column")) == "category"]
+
+    def _file(self) -> pq.ParquetFile:
+        return pq.ParquetFile(self.path, read_dictionary=self.categories, pre_buffer=False)
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        return self._file().read(columns=[name], use_threads=False).column(0)
+
+    def batches(self, rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(index of the batch's first row, batch), in order."""
+        start = 0
+        for batch in self._file().iter_batches(batch_size=rows):
+            yield start, batch
+            start += batch.num_rows
 
 
-def batches(dataset: ds.Dataset, batch_rows: int):
-    """The dataset's record batches in order, reading at most one batch ahead (memory stays flat)."""
-    return dataset.to_batches(batch_size=batch_rows, batch_readahead=1, fragment_readahead=1)
+def ahead(fn: Callable, items: Iterable, workers: int = WORKERS) -> Iterator:
+    """fn(*item) for each item, in order, computed on `workers` threads ahead of the caller: reading (and
+    the caller's own work, such as writing) overlaps the computation, and at most workers + 1 items are
+    in memory. numpy and Arrow release the GIL, so the threads really run side by side."""
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, *item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _sorted_classes(labels: pa.ChunkedArray) -> list[str]:
@@ -65,33 +93,33 @@ def _sorted_classes(labels: pa.ChunkedArray) -> list[str]:
     return pc.cast(uniq.take(order), pa.string()).to_pylist()
 
 
-def scan(dataset: ds.Dataset, label: str, text: str | None, params: Clean) -> dict:
+def scan(raw: Raw, label: str, text: str | None, params: Clean) -> dict:
     """Pass 1: row hashes, key hashes, labels, and which rows a `drop` strategy removes."""
-    names = dataset.schema.names
+    names = raw.schema.names
     keys = list(params.split.key_columns)
     unknown = [k for k in keys + list(params.missing_columns) if k not in names]
     if unknown:
         raise InputError(f"clean: unknown column(s) {unknown} in clean.split.key_columns or "
                          f"clean.missing_columns (columns: {', '.join(names[:12])})")
-    kinds = {f.name: kind_of(f, text) for f in dataset.schema if f.name not in (label, text)}
+    kinds = {f.name: kind_of(f, text) for f in raw.schema if f.name not in (label, text)}
     drop_cols = [c for c, kind in kinds.items() if tf.strategy_of(c, kind, params) == "drop"]
-    def hash_batch(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+    def hash_batch(_: int, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array]:
         h = row_hash(batch, names)
         gap = np.zeros(batch.num_rows, bool)
         for c in drop_cols:
             gap |= missing_mask(pa.chunked_array([batch.column(c)])).to_numpy()
-        return h, row_hash(batch, keys) if keys else h, gap
+        return h, row_hash(batch, keys) if keys else h, gap, batch.column(label)
 
-    rows, key_hashes, gaps = zip(*[hash_batch(b) for b in batches(dataset, params.batch_rows)])  # >= 1 row
+    rows, key_hashes, gaps, labels = zip(*ahead(hash_batch, raw.batches(params.batch_rows)))  # >= 1 row
     return {"rows": np.concatenate(rows), "keys": np.concatenate(key_hashes), "incomplete": np.concatenate(gaps),
-            "labels": dataset.to_table(columns=[label])[label]}
+            "labels": pa.chunked_array(labels)}
 
 
 def select(scanned: dict, params: Clean, raw_path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """Rows kept (first of each duplicate, labeled, complete) and each row's split."""
     h, n = scanned["rows"], len(scanned["rows"])
-    keep = np.zeros(n, bool)
-    keep[np.unique(h, return_index=True)[1]] = True
+    keep = first_occurrences(h)
     report = {"rows_in": n, "duplicates_dropped": int(n - keep.sum())}
     labeled = pc.is_valid(scanned["labels"]).to_numpy(zero_copy_only=False)
     report["unlabeled_dropped"] = int((keep & ~labeled).sum())
@@ -120,76 +148,71 @@ def check_split_labels(labels: pa.ChunkedArray, keep: np.ndarray, split: np.ndar
     return _sorted_classes(kept)
 
 
-def fit(dataset: ds.Dataset, manifest: dict, train: np.ndarray, classes: list[str], params: Clean) -> dict:
-    """Pass 2: the transform, fitted on training rows, one column in memory per thread."""
+def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: list[str], params: Clean
+        ) -> tuple[dict, dict]:
+    """Pass 2: the transform, fitted on training rows, one column in memory per thread; and how many
+    values the kept rows miss, per column."""
     label, text = manifest["label_column"], manifest.get("text_column")
     mask = pa.array(train)
 
-    def fit_column(field: pa.Field) -> dict:
-        col = dataset.to_table(columns=[field.name], batch_readahead=1)[field.name].filter(mask)
+    def fit_column(field: pa.Field) -> tuple[dict, int]:
+        col = raw.column(field.name)
+        missing = int(np.count_nonzero(missing_mask(col).to_numpy(zero_copy_only=False) & keep))
         if kind_of(field, text) == "number":
-            return tf.fit_numeric(field.name, tf._numeric(col), params)
-        return tf.fit_category(field.name, col, params)
+            return tf.fit_numeric(field.name, tf._numeric(col.filter(mask)), params), missing
+        return tf.fit_category(field.name, col.filter(mask), params), missing
 
-    fields = [f for f in dataset.schema if f.name not in (label, text)]
+    fields = [f for f in raw.schema if f.name not in (label, text)]
     with ThreadPoolExecutor(WORKERS) as pool:  # numpy and Arrow release the GIL: columns fit side by side
         fitted = dict(zip([f.name for f in fields], pool.map(fit_column, fields)))
-    numeric = [fitted[f.name] for f in fields if kind_of(f, text) == "number"]
-    categorical = [fitted[f.name] for f in fields if kind_of(f, text) != "number"]
+    numeric = [fitted[f.name][0] for f in fields if kind_of(f, text) == "number"]
+    categorical = [fitted[f.name][0] for f in fields if kind_of(f, text) != "number"]
     t = {"numeric": tf.finish_scaling(numeric, params), "categorical": categorical,
          "label_column": label, "classes": classes, "text_column": text, "text": params.text.model_dump(),
          "image_shape": manifest.get("image_shape"), "data_version": manifest.get("version")}
     t["features"] = tf.feature_names(t)
-    return t
+    missing = {name: m for name, (_, m) in fitted.items() if m}
+    return t, {"missing_values_filled": sum(missing.values()), "missing_by_column": missing}
 
 
-def write_clean(dataset: ds.Dataset, t: dict, keep: np.ndarray, split: np.ndarray, out_path: Path,
-                batch_rows: int) -> dict:
-    """Pass 3: transform every kept row, batch by batch, into the clean table.
-
-    One thread transforms the next batch while this one is written.
-    """
-    schema = model_schema(t["features"], t["image_shape"], t["text_column"])
+def write_clean(raw: Raw, t: dict, keep: np.ndarray, split: np.ndarray, out_path: Path, batch_rows: int) -> None:
+    """Pass 3: transform every kept row, batch by batch, into the clean table; the next batch is
+    transformed while this one is written."""
+    schema = model_schema(t["features"], t["image_shape"], t["text_column"], flags=set(tf.flag_names(t)))
     split_names = pa.array(SPLITS)
-    missing = dict.fromkeys([c["name"] for c in t["numeric"] + t["categorical"]], 0)
 
-    def transform(batch: pa.RecordBatch, start: int) -> pa.RecordBatch:
+    def transform(start: int, batch: pa.RecordBatch) -> pa.RecordBatch:
         m = keep[start:start + batch.num_rows]
-        batch = batch.filter(pa.array(m))
-        for name in missing:
-            missing[name] += int(pc.sum(missing_mask(pa.chunked_array([batch.column(name)]))).as_py() or 0)
-        arrays, text = tf.apply(batch, t)
-        y = tf.label_codes(batch.column(t["label_column"]), t["classes"])
+        arrays, text = tf.apply(batch, t, rows=m)
+        y = tf.label_codes(batch.column(t["label_column"]), t["classes"])[m]
         cols = arrays + ([text] if text is not None else [])
         cols += [pa.array(y), split_names.take(pa.array(split[start:start + len(m)][m]))]
         return pa.RecordBatch.from_arrays(cols, schema=schema)
 
-    with atomic_path(out_path) as tmp, ThreadPoolExecutor(1) as pool, pq.ParquetWriter(
-            tmp, schema, compression="zstd", compression_level=1, use_dictionary=[schema.names[-1]]) as writer:
-        pending, start = None, 0
-        for batch in batches(dataset, batch_rows):
-            job, start = pool.submit(transform, batch, start), start + batch.num_rows
-            if pending is not None:
-                writer.write_batch(pending.result())
-            pending = job
-        if pending is not None:
-            writer.write_batch(pending.result())
-    return {"missing_values_filled": sum(missing.values()), "missing_by_column": {k: v for k, v in missing.items()
-                                                                                   if v}}
+    with table_writer(out_path, schema) as writer:
+        for out in ahead(transform, raw.batches(batch_rows)):
+            writer.write_batch(out)
 
 
 def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, transform_path: Path,
           report_path: Path) -> dict:
     manifest = read_json(manifest_path, "ingest manifest")
-    if sha256_file(raw_path) != manifest.get("sha256"):  # the boundary: only data that passed the contract
-        raise InputError(f"{raw_path}: does not match the hash in {manifest_path}; rerun ingest")
-    dataset = open_raw(raw_path, manifest)
     label = manifest["label_column"]
-    scanned = scan(dataset, label, manifest.get("text_column"), params)
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(sha256_file, raw_path)  # hashed beside the first pass
+        try:
+            scanned = scan(Raw(raw_path, manifest), label, manifest.get("text_column"), params)
+        finally:  # the boundary: only data that passed the contract (a mismatch explains any scan error)
+            if digest.result() != manifest.get("sha256"):
+                raise InputError(f"{raw_path}: does not match the hash in {manifest_path}; rerun ingest")
+    raw = Raw(raw_path, manifest)
     keep, split, report = select(scanned, params, raw_path)
     classes = check_split_labels(scanned["labels"], keep, split, raw_path)
-    t = fit(dataset, manifest, keep & (split == 0), classes, params)
-    report |= write_clean(dataset, t, keep, split, out_path, params.batch_rows)
+    pa.default_memory_pool().release_unused()  # each pass starts from what the data needs, not the last peak
+    t, filled = fit(raw, manifest, keep, keep & (split == 0), classes, params)
+    pa.default_memory_pool().release_unused()
+    write_clean(raw, t, keep, split, out_path, params.batch_rows)
+    report |= filled
     write_json(transform_path, t)
     report |= {"rows_out": int(keep.sum()), "classes": len(classes), "features": len(t["features"]),
                "split_rows": {s: int((keep & (split == i)).sum()) for i, s in enumerate(SPLITS)}}

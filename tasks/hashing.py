@@ -27,12 +27,18 @@ _NULL = np.uint64(0x6E756C6C6E756C6C)  # one fixed value for every missing cell
 _NAN_BITS = np.float64("nan").view(np.uint64)
 
 
-def mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every input bit moves every output bit (uint64 arithmetic wraps)."""
+def mix(h: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit (uint64 arithmetic wraps).
+    In place, a column costs one scratch array rather than a new array per step."""
+    out = h if inplace else h.copy()
+    tmp = np.empty_like(out)
     with np.errstate(over="ignore"):
-        h = (h ^ (h >> np.uint64(30))) * _M1
-        h = (h ^ (h >> np.uint64(27))) * _M2
-        return h ^ (h >> np.uint64(31))
+        for shift, mult in ((30, _M1), (27, _M2), (31, None)):
+            np.right_shift(out, np.uint64(shift), out=tmp)
+            out ^= tmp
+            if mult is not None:
+                out *= mult
+    return out
 
 
 def _string_hash(values: pa.Array) -> np.ndarray:
@@ -56,11 +62,12 @@ def column_hash(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return _string_hash(col)
     x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
-    bits = (x + 0.0).view(np.uint64)  # -0.0 + 0.0 == +0.0
-    bits = np.where(np.isnan(x), _NAN_BITS, bits)
+    x = x + 0.0  # a copy of our own, and -0.0 + 0.0 == +0.0
+    bits = x.view(np.uint64)
+    np.copyto(bits, _NAN_BITS, where=np.isnan(x))  # one NaN, whatever its payload
     if col.null_count:
         bits[pc.is_null(col).to_numpy(zero_copy_only=False)] = _NULL
-    return mix(bits)
+    return mix(bits, inplace=True)
 
 
 def row_hash(batch: pa.RecordBatch | pa.Table, columns: list[str]) -> np.ndarray:
@@ -68,7 +75,10 @@ def row_hash(batch: pa.RecordBatch | pa.Table, columns: list[str]) -> np.ndarray
     h = np.zeros(batch.num_rows, np.uint64)
     with np.errstate(over="ignore"):
         for i, name in enumerate(columns):
-            h = mix(h ^ (column_hash(batch.column(name)) + _GOLDEN * np.uint64(i + 1)))
+            c = column_hash(batch.column(name))
+            c += _GOLDEN * np.uint64(i + 1)
+            h ^= c
+            mix(h, inplace=True)
     return h
 
 
@@ -78,3 +88,22 @@ def assign_splits(key_hash: np.ndarray, params: Split) -> np.ndarray:
     u = (mix(key_hash ^ salt) >> np.uint64(11)).astype(np.float64) * 2.0**-53
     return np.where(u < params.test_fraction, 2, np.where(u < params.test_fraction + params.val_fraction, 1, 0)
                     ).astype(np.int8)
+
+
+def first_occurrences(h: np.ndarray) -> np.ndarray:
+    """True at the first row of each distinct hash (np.unique(h, return_index=True) would say the same,
+    but its stable sort costs about twice this one). Sorted, equal hashes sit side by side; only rows in
+    such runs, a few percent, need their original order sorted out."""
+    order = np.argsort(h)
+    sorted_h = h[order]
+    same = sorted_h[1:] == sorted_h[:-1]
+    keep = np.ones(len(h), bool)
+    if not same.any():
+        return keep
+    in_run = np.zeros(len(h), bool)
+    in_run[1:] |= same
+    in_run[:-1] |= same
+    rows = np.sort(order[in_run])  # every row that has a twin, in table order
+    keep[rows] = False
+    keep[rows[np.unique(h[rows], return_index=True)[1]]] = True
+    return keep

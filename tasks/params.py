@@ -143,7 +143,7 @@ class Clean(Section):
     max_categories: int = Field(100, ge=2, description="more distinct values than this: declare a text column")
     text: TextNorm = TextNorm()
     split: Split = Split()
-    batch_rows: int = Field(131_072, ge=1024, description="rows per batch; tables larger than memory stream")
+    batch_rows: int = Field(65_536, ge=1024, description="rows per batch; tables larger than memory stream")
 
     @model_validator(mode="after")
     def _quantiles(self) -> Clean:

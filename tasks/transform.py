@@ -49,7 +49,8 @@ def fit_numeric(name: str, x: np.ndarray, params: Clean) -> dict:
         raise InputError(f"column {name!r}: no value in any training row, so its {strategy} is undefined; "
                          f"set clean.missing_columns.{name} to constant or drop the column")
     qs = [0.5] + list(params.outliers or ())
-    quantiles = np.quantile(present, qs) if present.size and (strategy == "median" or params.outliers) else None
+    needed = present.size and (strategy == "median" or params.outliers)
+    quantiles = np.quantile(present, qs, overwrite_input=True) if needed else None  # present is our own copy
     fill = {"mean": lambda: present.mean(), "median": lambda: quantiles[0], "mode": lambda: _mode(present),
             "constant": lambda: params.fill_value, "drop": lambda: 0.0}[strategy]()
     x = np.where(np.isnan(x), fill, x)
@@ -116,6 +117,11 @@ def feature_names(t: dict) -> list[str]:
     return names
 
 
+def flag_names(t: dict) -> list[str]:
+    """The one-hot features: booleans in the clean table, floats (0 or 1) from augment on."""
+    return [f"{c['name']}={v}" for c in t["categorical"] if c["encoding"] == "onehot" for v in c["categories"]]
+
+
 def normalise_text(values: pa.Array | pa.ChunkedArray, norm: TextNorm | dict) -> pa.Array:
     norm = TextNorm.model_validate(norm) if isinstance(norm, dict) else norm
     out = pc.fill_null(pc.cast(values, pa.string()), "")
@@ -140,28 +146,40 @@ def _codes(values: pa.Array, categories: list[str], missing: int = -1) -> np.nda
                     codes.to_numpy(zero_copy_only=False))
 
 
-def apply(batch: pa.RecordBatch | pa.Table, t: dict) -> tuple[list[pa.Array], pa.Array | None]:
-    """Feature arrays (float32, in feature_names order) and the normalised text column, if any."""
+def apply(batch: pa.RecordBatch | pa.Table, t: dict, rows: np.ndarray | None = None
+          ) -> tuple[list[pa.Array], pa.Array | None]:
+    """Feature arrays (in feature_names order: float32, one-hot flags boolean; see flag_names) and the
+    normalised text column, if any, of the
+    batch's rows, or of those where the boolean mask `rows` is true (taken from the arrays, without
+    copying the whole batch first)."""
     arrays = []
-    for c in t["numeric"]:
+    for c in t["numeric"]:  # in place on one float64 copy of the column
         x = _numeric(batch.column(c["name"]))
-        x = np.where(np.isnan(x), c["fill"], x)
+        x = x[rows] if rows is not None else x if x.flags.writeable else x.copy()  # not the batch's own buffer
+        np.copyto(x, c["fill"], where=np.isnan(x))
         if c["clip"]:
-            x = np.clip(x, *c["clip"])
-        arrays.append(pa.array(((x - c["center"]) / c["scale"]).astype(np.float32)))
+            np.clip(x, *c["clip"], out=x)
+        x -= c["center"]
+        x /= c["scale"]
+        arrays.append(pa.array(x.astype(np.float32)))
     for c in t["categorical"]:
         values = batch.column(c["name"])
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
         fill = c["categories"].index(c["fill"]) if c["fill"] in c["categories"] else -1
         codes = _codes(values, c["categories"], missing=fill)
-        if c["encoding"] == "onehot":
-            arrays += [pa.array((codes == k).astype(np.float32)) for k in range(len(c["categories"]))]
+        codes = codes[rows] if rows is not None else codes
+        if c["encoding"] == "onehot":  # one row per category, true where the row has it (code -1: none)
+            onehot = np.zeros((len(c["categories"]), len(codes)), bool)
+            seen = np.flatnonzero(codes >= 0)
+            onehot[codes[seen], seen] = True
+            arrays += [pa.array(row) for row in onehot]
         else:
             arrays.append(pa.array(codes.astype(np.float32)))
     text = None
     if t.get("text_column"):
-        text = normalise_text(batch.column(t["text_column"]), t["text"])
+        values = batch.column(t["text_column"])
+        text = normalise_text(values.filter(pa.array(rows)) if rows is not None else values, t["text"])
         if isinstance(text, pa.ChunkedArray):
             text = text.combine_chunks()
     return arrays, text

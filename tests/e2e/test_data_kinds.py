@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import sys
 
-import pyarrow.parquet as pq
 import pytest
 
+from tasks.tables import read_table
 from tests.conftest import copy_repo, run, set_params
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def test_data_versions_reruns_and_stable_splits(tmp_path):
     run(["git", "commit", "-qm", "data v1"], repo)
     v1 = json.loads((repo / "data/raw/manifest.json").read_text())["version"]
     raw_v1 = (repo / "data/raw/table.parquet").read_bytes()
-    clean_v1 = pq.read_table(repo / "data/clean/table.parquet")
+    clean_v1 = read_table(repo / "data/clean/table.arrow")
 
     out = run(["dvc", "repro", "--force", "--single-item", "ingest"], repo).stdout  # re-read the same data
     assert "Running stage 'ingest'" in out
@@ -83,7 +83,7 @@ def test_data_versions_reruns_and_stable_splits(tmp_path):
     v2 = json.loads((repo / "data/raw/manifest.json").read_text())["version"]
     assert v2 != v1
     # every row of v1 keeps its split in v2 (rows are identified by their content)
-    clean_v2 = pq.read_table(repo / "data/clean/table.parquet")
+    clean_v2 = read_table(repo / "data/clean/table.arrow")
     n1 = clean_v1.num_rows
     assert clean_v2["split"].to_pylist()[:n1] == clean_v1["split"].to_pylist()
     # the previous version comes back through DVC, from the commit that recorded it

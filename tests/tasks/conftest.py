@@ -39,7 +39,7 @@ def staged(tmp_path):
 
 def paths(root) -> dict:
     """Where a stage test writes: raw, manifest, contract (report), clean, transform, report, splits."""
-    names = dict(raw="raw.parquet", manifest="manifest.json", contract="contract.json", clean="clean.parquet",
+    names = dict(raw="raw.parquet", manifest="manifest.json", contract="contract.json", clean="clean.arrow",
                  transform="transform.json", report="report.json", splits="splits")
     return {k: root / v for k, v in names.items()}
 

@@ -8,10 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks import transform as tf
+from tasks.clean import Raw
 from tasks.errors import InputError
-from tasks.hashing import assign_splits, row_hash
+from tasks.hashing import assign_splits, first_occurrences, row_hash
 from tasks.params import Contract, Split
-from tasks.tables import read_model_table
+from tasks.tables import ROW_GROUP_ROWS, read_model_table, read_table
 from tests.tasks.conftest import run_clean, run_ingest
 
 
@@ -76,7 +77,7 @@ def test_appended_rows_never_move_existing_rows(tmp_path):
     run_ingest(tmp_path / "s.csv", tmp_path / "v2")
     run_clean(tmp_path / "v2", split=Split(key_columns=("id",)))
     v1, v2 = (pq.read_table(tmp_path / v / "raw.parquet") for v in ("v1", "v2"))
-    s1, s2 = (pq.read_table(tmp_path / v / "clean.parquet")["split"].to_pylist() for v in ("v1", "v2"))
+    s1, s2 = (read_table(tmp_path / v / "clean.arrow")["split"].to_pylist() for v in ("v1", "v2"))
     assert v2["id"].to_pylist()[:300] == v1["id"].to_pylist() and len(s2) == 600
     assert s2[:300] == s1
 
@@ -98,8 +99,12 @@ def test_per_column_strategies_outliers_and_categories(tmp_path):
     assert num["income"]["clip"][1] < 1_000_000  # the outlier is clipped to the 98% quantile
     assert t["categorical"][0]["categories"] == ["oslo", "paris", "rome"]  # mode filled, no extra category
     assert t["features"] == ["age", "income", "city=oslo", "city=paris", "city=rome"]
-    x = read_model_table(tmp_path / "clean.parquet")
+    x = read_model_table(tmp_path / "clean.arrow")
     assert 0 <= pa.compute.min(x["income"]).as_py() and pa.compute.max(x["income"]).as_py() <= 1.0 + 1e-6
+    # one-hot features are stored as booleans, exactly one set per row (the mode fills a missing city)
+    assert [x.schema.field(f).type for f in t["features"]] == [pa.float32()] * 2 + [pa.bool_()] * 3
+    onehot = np.column_stack([x[f].to_numpy() for f in t["features"][2:]])
+    assert (onehot.sum(axis=1) == 1).all()
     assert t["classes"] == ["no", "yes"]
     # an unseen category at prediction time becomes all zeros
     arrays, _ = tf.apply(pa.table({"age": [30.0], "city": ["lima"], "income": [1200.0]}), t)
@@ -113,7 +118,7 @@ def test_drop_strategy_and_text_normalisation(tmp_path):
     run_ingest(tmp_path / "s.csv", tmp_path, text_column="txt")
     report = run_clean(tmp_path, missing="drop")
     assert report["incomplete_dropped"] == len(range(0, 120, 7))
-    table = read_model_table(tmp_path / "clean.parquet")
+    table = read_model_table(tmp_path / "clean.arrow")
     assert table["txt"][0].as_py().startswith("cafe ") and "  " not in table["txt"][0].as_py()
     assert table.schema.names == ["score", "txt", "label", "split"]
 
@@ -123,7 +128,7 @@ def test_column_without_training_values_is_named(tmp_path):
     run_ingest(tmp_path / "s.csv", tmp_path, contract=Contract(max_null_ratio=1.0))
     with pytest.raises(InputError, match="column 'b': no value in any training row"):
         run_clean(tmp_path)
-    assert not (tmp_path / "clean.parquet").exists()
+    assert not (tmp_path / "clean.arrow").exists()
 
 
 def test_missing_categories_take_the_fill_code_in_plain_and_dictionary_columns():
@@ -132,3 +137,39 @@ def test_missing_categories_take_the_fill_code_in_plain_and_dictionary_columns()
     plain = pa.array(["a", None, "z", "b"])
     for values in (plain, plain.dictionary_encode()):
         assert tf.apply(pa.table({"c": values}), t)[0][0].to_pylist() == [1.0, 0.0, -1.0, 2.0]
+
+
+@pytest.mark.parametrize("values", [[], [7], [3, 3, 3], [5, 1, 5, 2, 1, 1, 9]])
+def test_first_occurrences_marks_the_first_of_each_value(values):
+    h = np.array(values, np.uint64)
+    expected = np.zeros(len(h), bool)
+    expected[np.unique(h, return_index=True)[1]] = True
+    assert first_occurrences(h).tolist() == expected.tolist()
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 5_000, 20_000).astype(np.uint64)  # most values repeat, some many times
+    expected = np.zeros(len(many), bool)
+    expected[np.unique(many, return_index=True)[1]] = True
+    assert (first_occurrences(many) == expected).all()
+
+
+def test_streams_in_batches_and_drops_duplicates_across_them(tmp_path):
+    rng = np.random.default_rng(3)
+    n = ROW_GROUP_ROWS + 5_000  # two row groups in the snapshot
+    x = rng.normal(size=n)
+    x[ROW_GROUP_ROWS + 7] = x[3]  # a copy of row 3 in the second row group
+    label = rng.integers(0, 2, n)
+    label[ROW_GROUP_ROWS + 7] = label[3]
+    pq.write_table(pa.table({"x": x, "label": label}), tmp_path / "s.parquet")
+    run_ingest(tmp_path / "s.parquet", tmp_path, image_shape=None)
+    assert pq.ParquetFile(tmp_path / "raw.parquet").metadata.num_row_groups == 2
+    starts, sizes = zip(*[(start, len(b)) for start, b in Raw(tmp_path / "raw.parquet", {}).batches(4096)])
+    assert max(sizes) == 4096 and sum(sizes) == n and list(starts) == list(np.cumsum((0,) + sizes[:-1]))
+    report = run_clean(tmp_path, batch_rows=4096)
+    assert report["duplicates_dropped"] == 1 and report["rows_out"] == n - 1
+
+
+def test_truncated_clean_table_is_named(staged):
+    data = staged["clean"].read_bytes()
+    staged["clean"].write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"clean.arrow: not a readable Arrow file"):
+        read_model_table(staged["clean"])
