@@ -11,8 +11,11 @@ from torch import nn
 
 from models.cnn import CNN, CNNConfig
 from models.mlp import MLP, MLPConfig
+from models.rnn import RNN, RNNConfig
+from models.transformer import Transformer, TransformerConfig
 
-FAMILIES = {"mlp": (MLPConfig, MLP), "cnn": (CNNConfig, CNN)}
+FAMILIES = {"mlp": (MLPConfig, MLP), "cnn": (CNNConfig, CNN), "rnn": (RNNConfig, RNN),
+            "transformer": (TransformerConfig, Transformer)}
 
 
 def build(name: str, config: dict) -> nn.Module:

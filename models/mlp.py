@@ -1,9 +1,9 @@
 """A multilayer perceptron for flat feature vectors.
 
-    MLP(MLPConfig(n_features=64, n_classes=10, hidden=(128, 64)))
+    MLP(MLPConfig(n_features=64, n_outputs=10, hidden=(128, 64)))
 
-Each hidden block is Linear -> BatchNorm -> ReLU -> Dropout; weights use He
-initialisation, which suits ReLU.
+Each hidden block is Linear -> norm -> activation -> Dropout. n_outputs is the
+number of classes, or 1 for regression.
 """
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.blocks import activation, init_weights, norm_1d
+
 
 @dataclass(frozen=True)
 class MLPConfig:
     n_features: int
-    n_classes: int
+    n_outputs: int
     hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.1
+    activation: str = "relu"
+    norm: str = "batch"  # batch, layer or none
+    init: str = "he"  # he, xavier or default
 
 
 class MLP(nn.Module):
@@ -27,14 +32,12 @@ class MLP(nn.Module):
         super().__init__()
         layers, width = [], cfg.n_features
         for size in cfg.hidden:
-            layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            layers += [nn.Linear(width, size), norm_1d(cfg.norm, size), activation(cfg.activation),
+                       nn.Dropout(cfg.dropout)]
             width = size
-        layers.append(nn.Linear(width, cfg.n_classes))
+        layers.append(nn.Linear(width, cfg.n_outputs))
         self.net = nn.Sequential(*layers)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        init_weights(self, cfg.init, cfg.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (N, n_features) -> (N, n_classes) logits
+        return self.net(x)  # (N, n_features) -> (N, n_outputs)

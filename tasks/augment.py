@@ -112,6 +112,19 @@ def bag_of_words(ids: list[list[int]], vocab: int, dropout: float = 0.0,
     return np.log1p(out)
 
 
+def token_sequences(ids: list[list[int]], length: int, dropout: float = 0.0,
+                    rng: np.random.Generator | None = None) -> np.ndarray:
+    """Each text's token ids in order, cut or padded with 0 ([PAD]) to `length`, as float32 (exact for
+    ids below 2**24); with dropout, each token is dropped with that p before cutting."""
+    out = np.zeros((len(ids), length), np.float32)
+    for i, row in enumerate(ids):
+        row = np.asarray(row, np.int64)
+        if dropout and len(row):
+            row = row[rng.random(len(row)) >= dropout]
+        out[i, :min(len(row), length)] = row[:length]
+    return out
+
+
 def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
     if not names:
         return np.empty((table.num_rows, 0), np.float32)
@@ -129,25 +142,36 @@ def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Pa
             raise InputError(f"{clean_path}: the {s!r} split has no rows")
     rng, gen = np.random.default_rng(params.seed), torch.Generator().manual_seed(params.seed)
     tok, vocab, names = None, 0, list(features)
+    sequence = bool(text) and params.text.representation == "sequence"
+    if sequence and features:
+        raise InputError(f"{clean_path}: augment.text.representation: sequence feeds the text column alone to a "
+                         f"sequence model, but the table also has feature(s) {features[:5]}; use bag, or leave "
+                         f"those columns out of the source")
     if text:
         tok = train_tokenizer(parts["train"][text].to_pylist(), params.text)
         vocab = tok.get_vocab_size()
-        names += [f"tok{i}" for i in range(vocab)]
+        names += [f"pos{i}" for i in range(params.text.max_tokens)] if sequence else [f"tok{i}" for i in range(vocab)]
         out_dir.mkdir(parents=True, exist_ok=True)
         tok.save(str(out_dir / TOKENIZER_FILE))
-    schema = model_schema(names, shape)
+
+    def text_features(ids: list[list[int]], dropout: float = 0.0) -> np.ndarray:
+        if sequence:
+            return token_sequences(ids, params.text.max_tokens, dropout, rng)
+        return bag_of_words(ids, vocab, dropout, rng)
+
+    schema = model_schema(names, shape, token_vocab=vocab if sequence else 0)
     counts = {}
     for s, part in parts.items():
         x, y = _matrix(part, features), part[LABEL].to_numpy()
         ids = [e.ids for e in tok.encode_batch(part[text].to_pylist())] if tok else None
-        blocks = [np.hstack([x, bag_of_words(ids, vocab)]) if tok else x]
+        blocks = [np.hstack([x, text_features(ids)]) if tok else x]
         for _ in range(params.copies if s == "train" else 0):
             if shape:
                 extra = augment_images(torch.from_numpy(x), shape, params.image, gen).numpy()
             else:
                 extra = augment_table(x, y, len(t["numeric"]), params.table, rng)
             if tok:
-                extra = np.hstack([extra, bag_of_words(ids, vocab, params.text.token_dropout, rng)])
+                extra = np.hstack([extra, text_features(ids, params.text.token_dropout)])
             blocks.append(extra)
         xs = np.concatenate(blocks)
         ys = np.tile(y, len(blocks))

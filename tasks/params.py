@@ -39,6 +39,7 @@ class Paths(Section):
     checkpoints: Path = Field(description="train: DeepSpeed checkpoints (persistent)")
     model: Path = Field(description="train: consolidated weights (safetensors)")
     train_history: Path = Field(description="train: per-epoch loss/accuracy (DVC plot)")
+    train_live: Path = Field(description="train: DVCLive folder, per-epoch metrics and plots")
     metrics: Path = Field(description="evaluate: test metrics (DVC metrics)")
     confusion: Path = Field(description="evaluate: actual/predicted pairs (DVC plot)")
     figures: Path = Field(description="evaluate: PNG figures for people and Prefect")
@@ -174,6 +175,9 @@ class TextAug(Section):
     vocab_size: int = Field(2000, ge=16, description="BPE vocabulary, trained on the training split")
     min_frequency: int = Field(2, ge=1)
     token_dropout: float = Field(0.1, ge=0, lt=1, description="augmented copies drop each token with this p")
+    representation: Literal["bag", "sequence"] = Field("bag", description="bag: log(1 + count) per token, for "
+                                                       "the MLP; sequence: token ids in order, for rnn/transformer")
+    max_tokens: int = Field(64, ge=1, description="sequence: ids per text, cut or padded with 0")
 
 
 class Augment(Section):
@@ -186,30 +190,113 @@ class Augment(Section):
     text: TextAug = TextAug()
 
 
+Activation = Literal["relu", "gelu", "tanh", "sigmoid", "silu", "leaky_relu", "elu"]
+Norm = Literal["batch", "layer", "none"]
+Init = Literal["he", "xavier", "default"]
+
+
 class MLP(Section):
+    """Linear -> norm -> activation -> dropout blocks (models/mlp.py)."""
+
     hidden: tuple[int, ...] = (128, 64)
     dropout: float = Field(0.1, ge=0, lt=1)
+    activation: Activation = "relu"
+    norm: Norm = "batch"
+    init: Init = Field("he", description="he suits ReLU-like activations, xavier tanh and sigmoid")
 
 
 class CNN(Section):
+    """Conv3x3 -> norm -> activation -> max-pool blocks (models/cnn.py); needs ingest.image_shape."""
+
     channels: tuple[int, ...] = (16, 32)
     dropout: float = Field(0.1, ge=0, lt=1)
+    activation: Activation = "relu"
+    norm: Norm = "batch"
+    init: Init = "he"
+
+
+class RNN(Section):
+    """LSTM or GRU over a row read as a sequence (models/rnn.py)."""
+
+    cell: Literal["lstm", "gru"] = "lstm"
+    hidden: int = Field(64, ge=1)
+    layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.1, ge=0, lt=1)
+    norm: Norm = "layer"
+    init: Init = "xavier"
+    seq_len: int | None = Field(None, ge=1, description="steps per row; default: the image's height, or one "
+                                "step per token for text sequences")
+
+
+class Transformer(Section):
+    """A pre-norm Transformer encoder over a row read as a sequence (models/transformer.py)."""
+
+    d_model: int = Field(64, ge=1)
+    heads: int = Field(4, ge=1)
+    layers: int = Field(2, ge=1)
+    ff_mult: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    activation: Literal["gelu", "relu"] = "gelu"
+    init: Init = "xavier"
+    seq_len: int | None = Field(None, ge=1, description="as rnn.seq_len")
+
+
+class Optimizer(Section):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (after warmup)")
+    weight_decay: float = Field(1e-4, ge=0, description="L2: decoupled weight decay for AdamW, an L2 term "
+                                "in the gradient for SGD")
+    l1: float = Field(0.0, ge=0, description="L1 penalty on the weights (not biases or norms), added to the loss")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW only")
+
+
+class Schedule(Section):
+    """DeepSpeed's learning-rate schedulers: linear warmup, then constant, linear decay or cosine decay."""
+
+    name: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup from 0")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: the final lr as a fraction of the peak")
+
+
+class EarlyStopping(Section):
+    metric: str = Field("val_loss", description="a key of the per-epoch history: val_loss, val_accuracy, "
+                        "val_f1 (classification) or val_mae (regression)")
+    patience: int = Field(0, ge=0, description="epochs without improvement before stopping; 0 never stops")
+    min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
+
+
+class Checkpointing(Section):
+    every_steps: int = Field(0, ge=0, description="also checkpoint every N optimizer steps within an epoch; "
+                             "0: at the end of each epoch only")
+    keep_last: int = Field(2, ge=1, description="complete checkpoints kept besides the best one")
 
 
 class Train(Section):
     """Training with DeepSpeed; the DeepSpeed config is derived from these."""
 
-    model: Literal["mlp", "cnn"] = "cnn"
+    model: Literal["mlp", "cnn", "rnn", "transformer"] = "cnn"
     mlp: MLP = MLP()
     cnn: CNN = CNN()
+    rnn: RNN = RNN()
+    transformer: Transformer = Transformer()
+    loss: Literal["cross_entropy", "mse", "mae"] = Field("cross_entropy", description="mse and mae train a "
+                                                         "regression on a numeric label (clean.task: regression)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross_entropy only")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1, description="per process (DeepSpeed micro batch)")
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Optimizer = Optimizer()
+    schedule: Schedule = Schedule()
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     zero_stage: int = Field(1, ge=0, le=3)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    early_stopping: EarlyStopping = EarlyStopping()
+    checkpoint: Checkpointing = Checkpointing()
+    deepspeed_config: Path | None = Field(None, description="a DeepSpeed JSON file whose keys override the "
+                                          "config derived from these params")
+    deterministic: bool = Field(False, description="deterministic kernels only (slower on a GPU)")
     num_procs: int = Field(2, ge=1, description="CPU processes when there is no GPU")
     master_port: int = Field(29500, ge=1024, le=65535)
     seed: int = 0

@@ -26,6 +26,7 @@ SPLITS = ("train", "val", "test")
 ARROW_SUFFIX = ".arrow"  # a table written as an Arrow IPC file rather than Parquet
 IMAGE_SHAPE_KEY = b"image_shape"
 TEXT_COLUMN_KEY = b"text_column"
+TOKENS_KEY = b"token_vocab"  # > 0: the features are token ids (0 = padding) from a tokenizer of this size
 
 
 def sha256_file(path: Path) -> str:
@@ -106,7 +107,7 @@ def read_table(path: Path) -> pa.Table:
 
 
 def model_schema(features: list[str], image_shape: tuple[int, int] | None, text_column: str | None = None,
-                 flags: Collection[str] = ()) -> pa.Schema:
+                 flags: Collection[str] = (), token_vocab: int = 0) -> pa.Schema:
     """The schema of every table from clean on: float32 features, [normalised text,] int64 label, split.
     Features named in `flags` (one-hot columns of the clean table) are booleans: a bit, not four bytes."""
     fields = [pa.field(name, pa.bool_() if name in flags else pa.float32(), nullable=False) for name in features]
@@ -114,12 +115,16 @@ def model_schema(features: list[str], image_shape: tuple[int, int] | None, text_
         fields.append(pa.field(text_column, pa.string(), nullable=False))
     fields += [pa.field(LABEL, pa.int64(), nullable=False), pa.field(SPLIT, pa.string(), nullable=False)]
     meta = {IMAGE_SHAPE_KEY: json.dumps(list(image_shape) if image_shape else None).encode(),
-            TEXT_COLUMN_KEY: json.dumps(text_column).encode()}
+            TEXT_COLUMN_KEY: json.dumps(text_column).encode(), TOKENS_KEY: str(token_vocab).encode()}
     return pa.schema(fields, metadata=meta)
 
 
 def text_column_of(schema: pa.Schema) -> str | None:
     return json.loads((schema.metadata or {}).get(TEXT_COLUMN_KEY, b"null"))
+
+
+def tokens_of(schema: pa.Schema) -> int:
+    return int((schema.metadata or {}).get(TOKENS_KEY, b"0"))
 
 
 def feature_names(schema: pa.Schema) -> list[str]:
@@ -136,7 +141,7 @@ def read_model_table(path: Path) -> pa.Table:
     table = read_table(path)
     flags = [f.name for f in table.schema if pa.types.is_boolean(f.type)]
     expected = model_schema(feature_names(table.schema), image_shape_of(table.schema), text_column_of(table.schema),
-                            flags)
+                            flags, tokens_of(table.schema))
     if not table.schema.equals(expected, check_metadata=False):
         diff = [
             f"{f.name}: expected {f.type}{'' if f.nullable else ' not null'}"

@@ -1,23 +1,31 @@
-"""train: an explicit training loop over a DeepSpeed engine.
+"""train: an explicit training loop over a DeepSpeed engine, resumable to the exact step.
 
     python -m tasks.train                          # what `dvc repro train` runs
     deepspeed --num_gpus 2 --module tasks.train    # the worker side, by hand
 
 `python -m tasks.train` checks params and data, then starts DeepSpeed's
 launcher, which runs this module once per rank: one rank per visible GPU, or
-`train.num_procs` CPU ranks over gloo when there is none. Every epoch ends
-with a DeepSpeed checkpoint in a folder that DVC keeps across reruns
-(`persist: true`); a rerun with the same params and data resumes from the
-latest one. The final weights are gathered and saved as one safetensors file.
+`train.num_procs` CPU ranks over gloo when there is none.
+
+Checkpoints (checkpoints.py) are written at the end of every epoch and every
+`train.checkpoint.every_steps` optimizer steps, into a folder DVC keeps across
+reruns. Each holds DeepSpeed's engine state (weights, optimizer, scheduler),
+the loop's position (epoch, batch), the early-stopping state and every rank's
+random generators, so a rerun after a crash continues exactly where the last
+good checkpoint left off: the data order of an epoch is a function of the seed
+and the epoch alone. SIGTERM (preemption) makes every rank write a checkpoint
+before it exits. The final model is the best epoch's (early stopping), saved
+as one safetensors file, never with a non-finite weight.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +33,9 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
+from tasks import checkpoints as ckpt
 from tasks.errors import InputError, run_main
 from tasks.params import Params, Train, load_params
 from tasks.tables import (
@@ -38,141 +46,317 @@ from tasks.tables import (
     read_json,
     read_model_table,
     sha256_file,
+    tokens_of,
     write_json,
 )
 
 RUN_FILE = "run.json"  # beside the checkpoints: fingerprint, DeepSpeed config, model config
+PREEMPTED = 143  # exit status after a SIGTERM checkpoint (128 + SIGTERM), as a shell would report it
 
 
-def ds_config(params: Train, world_size: int) -> dict:
-    """The DeepSpeed config, derived from the train params (never written by hand)."""
-    return {
+class NonFiniteLoss(InputError):
+    """The loss became NaN or infinite: stop, and checkpoint or register nothing from this state."""
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def ds_config(params: Train, world_size: int, total_steps: int) -> dict:
+    """The DeepSpeed config, derived from the train params; train.deepspeed_config's keys override it."""
+    opt = params.optimizer
+    optimizer = ({"type": "AdamW", "params": {"lr": opt.lr, "weight_decay": opt.weight_decay,
+                                              "betas": list(opt.betas), "torch_adam": True}}
+                 if opt.name == "adamw" else
+                 {"type": "SGD", "params": {"lr": opt.lr, "weight_decay": opt.weight_decay, "momentum": opt.momentum}})
+    sched = params.schedule
+    warmup = {"warmup_num_steps": max(sched.warmup_steps, 1), "warmup_type": "linear"}
+    scheduler = {
+        "constant": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": opt.lr, **warmup}},
+        "linear": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": opt.lr,
+                                                       "total_num_steps": total_steps, **warmup}},
+        "cosine": {"type": "WarmupCosineLR", "params": {"total_num_steps": total_steps, "warmup_min_ratio": 0.0,
+                                                        "cos_min_ratio": sched.min_lr_ratio, **warmup}},
+    }[sched.name]
+    config = {
         "train_micro_batch_size_per_gpu": params.batch_size,
         "gradient_accumulation_steps": params.grad_accum,
         "train_batch_size": params.batch_size * params.grad_accum * world_size,
         "gradient_clipping": params.grad_clip,
-        "optimizer": {"type": "AdamW", "params": {
-            "lr": params.lr, "weight_decay": params.weight_decay, "torch_adam": True}},
+        "optimizer": optimizer,
+        "scheduler": scheduler,
         "zero_optimization": {"stage": params.zero_stage},
         "bf16": {"enabled": params.precision == "bf16"},
-        "fp16": {"enabled": params.precision == "fp16"},
+        "fp16": {"enabled": params.precision == "fp16", "loss_scale": 0},  # 0: dynamic loss scaling
         "seed": params.seed,
         "steps_per_print": 10**9,  # progress is shown by tqdm, per epoch
     }
+    if opt.name == "sgd" and params.zero_stage:  # torch's SGD under ZeRO works, but DeepSpeed asks to be told
+        config["zero_allow_untested_optimizer"] = True
+    if params.deepspeed_config:
+        config = _merge(config, read_json(params.deepspeed_config, "train.deepspeed_config"))
+    return config
 
 
-def model_config(params: Train, n_features: int, n_classes: int, image_shape) -> dict:
+def model_config(params: Train, schema: pa.Schema, n_features: int, n_outputs: int) -> dict:
+    """The model's config dict (saved in the weights file's metadata) from params and the data's shape."""
+    shape, vocab = image_shape_of(schema), tokens_of(schema)
+    section = getattr(params, params.model).model_dump()
     if params.model == "cnn":
-        return {"image_shape": list(image_shape), "n_classes": n_classes,
-                "channels": list(params.cnn.channels), "dropout": params.cnn.dropout}
-    return {"n_features": n_features, "n_classes": n_classes,
-            "hidden": list(params.mlp.hidden), "dropout": params.mlp.dropout}
+        return {"image_shape": list(shape), "n_outputs": n_outputs, **section}
+    config = {"n_features": n_features, "n_outputs": n_outputs, **section}
+    if params.model in ("rnn", "transformer"):
+        default = n_features if vocab else shape[0] if shape else n_features  # a token, a row, a value per step
+        config |= {"seq_len": section["seq_len"] or default, "vocab_size": vocab}
+    return config
 
 
 def load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor, pa.Schema]:
     table = read_model_table(path)
-    x = np.column_stack([table[c].to_numpy() for c in feature_names(table.schema)])
+    x = np.column_stack([table[c].to_numpy() for c in feature_names(table.schema)]).astype(np.float32)
     return torch.from_numpy(x), torch.from_numpy(table[LABEL].to_numpy().copy()), table.schema
 
 
-def fingerprint(params: Train, splits: Path, world_size: int) -> str:
-    """What a checkpoint must match to be resumed: params, data and world size."""
-    h = hashlib.sha256(params.model_dump_json().encode())
-    for name in ("train.parquet", "val.parquet"):
-        h.update(sha256_file(splits / name).encode())
-    h.update(str(world_size).encode())
-    return h.hexdigest()[:16]
+def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int, batch: int) -> torch.Tensor:
+    """This rank's row indices for one epoch, in batches: a function of (seed, epoch) alone, so a resumed
+    run sees exactly the order the interrupted one would have."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    per_rank = n // world // batch * batch  # every rank the same whole number of batches
+    return order[rank::world][:per_rank].view(-1, batch)
+
+
+def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
+    """Sum of |w| over weight matrices and kernels (not biases, norms or embeddings' padding row)."""
+    return sum(p.abs().sum() for name, p in model.named_parameters() if p.dim() > 1 and name.endswith("weight"))
 
 
 @torch.no_grad()
-def evaluate_split(engine, x: torch.Tensor, y: torch.Tensor, dtype) -> tuple[float, float]:
+def evaluate_split(engine, x: torch.Tensor, y: torch.Tensor, dtype) -> dict:
+    from sklearn.metrics import f1_score
+
     engine.eval()
-    logits = torch.cat([engine(xb.to(engine.device, dtype)).float() for xb in x.split(1024)])
-    loss = F.cross_entropy(logits, y.to(logits.device)).item()
-    acc = (logits.argmax(1).cpu() == y).float().mean().item()
-    return loss, acc
+    logits = torch.cat([engine(xb.to(engine.device, dtype)).float().cpu() for xb in x.split(1024)])
+    engine.train()
+    pred = logits.argmax(1)
+    return {"val_loss": F.cross_entropy(logits, y).item(), "val_accuracy": (pred == y).float().mean().item(),
+            "val_f1": float(f1_score(y.numpy(), pred.numpy(), average="macro", zero_division=0))}
 
 
-def resume(engine, run_dir: Path) -> tuple[int, list]:
-    """Load the latest checkpoint of this run, if any: (last finished epoch, history)."""
-    if not (run_dir / "latest").exists():
-        return 0, []
-    tag = (run_dir / "latest").read_text().strip()
-    try:
-        path, state = engine.load_checkpoint(str(run_dir))
-    except Exception as e:  # truncated or foreign files: say which, never train on them
-        raise InputError(f"{run_dir}/{tag}: checkpoint cannot be loaded ({type(e).__name__}: {e}); "
-                         f"move {run_dir} away to train from scratch") from None
-    if path is None or state is None:
-        raise InputError(f"{run_dir}/{tag}: checkpoint named by 'latest' could not be loaded")
-    return state["epoch"], state["history"]
+def improved(value: float, best: float | None, metric: str, min_delta: float) -> bool:
+    if best is None:
+        return True
+    return value < best - min_delta if "loss" in metric or "mae" in metric else value > best + min_delta
 
 
-def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, history_path: Path) -> dict:
-    """Run on every rank (started by DeepSpeed's launcher); rank 0 writes the files."""
+class Preemption:
+    """SIGTERM sets a flag; the loop checkpoints at the next step all ranks agree on, then exits."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+
+def fingerprint(params: Train, splits: Path) -> str:
+    """What a checkpoint must match to be resumed: the params that shape training, and the data."""
+    relevant = params.model_dump_json(exclude={"num_procs", "master_port", "checkpoint"})
+    return ckpt.fingerprint(relevant, *(sha256_file(splits / f"{s}.parquet") for s in ("train", "val")))
+
+
+def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, history_path: Path,
+          live_dir: Path) -> dict:
+    """Run on every rank (started by DeepSpeed's launcher); rank 0 writes the shared files."""
     import deepspeed
     import torch.distributed as dist
 
     from models import build
 
+    warnings.filterwarnings("ignore", "`torch.distributed.all_gather_into_tensor` is deprecated",
+                            FutureWarning)  # DeepSpeed's ZeRO checkpointing, once per save
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(params.seed)
+    preemption = Preemption()
+    torch.manual_seed(params.seed)  # the same initial weights on every rank
+    if params.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     x_train, y_train, schema = load_split(splits / "train.parquet")
     x_val, y_val, _ = load_split(splits / "val.parquet")
     n_classes = int(max(y_train.max(), y_val.max())) + 1
-    mcfg = model_config(params, x_train.shape[1], n_classes, image_shape_of(schema))
-    cfg = ds_config(params, world)
-    engine, *_ = deepspeed.initialize(model=build(params.model, mcfg), config=cfg)
+    mcfg = model_config(params, schema, x_train.shape[1], n_classes)
+    batches_per_epoch = len(x_train) // world // params.batch_size
+    steps_per_epoch = max(batches_per_epoch // params.grad_accum, 1)
+    cfg = ds_config(params, world, steps_per_epoch * params.epochs)
+    model = build(params.model, mcfg)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params.precision, torch.float32)
+    torch.manual_seed(params.seed + 1 + rank)  # dropout masks differ between ranks, repeat between runs
 
-    fp = fingerprint(params, splits, world)
+    fp = fingerprint(params, splits)
     run_dir = checkpoints / fp
+    state = {"epoch": 1, "batch": 0, "history": [], "best": None, "best_tag": None, "bad_epochs": 0}
+    loop = {"loss_sum": 0.0, "loss_n": 0}
     if rank == 0:
         write_json(run_dir / "ds_config.json", cfg)  # usable as is with DeepSpeed's --deepspeed_config
         write_json(run_dir / RUN_FILE, {"fingerprint": fp, "deepspeed": cfg, "model": params.model,
-                                        "model_config": mcfg, "world_size": world})
-    start, history = resume(engine, run_dir)
-    if rank == 0 and start:
-        print(f"train: resumed from checkpoint {run_dir}/epoch{start} (epoch {start} of {params.epochs})")
+                                        "model_config": mcfg})
+    tag = [ckpt.newest_complete(run_dir) if rank == 0 else None]
+    dist.broadcast_object_list(tag, src=0)  # every rank resumes from the checkpoint rank 0 chose
+    if tag[0]:
+        state, loop = resume(engine, run_dir, tag[0], rank, world)
+        if rank == 0:
+            print(f"train: resumed from {run_dir / tag[0]} (epoch {state['epoch']}, batch {state['batch']})")
 
-    # each rank sees its own shard of the training set, reshuffled every epoch
-    sampler = DistributedSampler(TensorDataset(x_train, y_train), world, rank, shuffle=True, seed=params.seed)
-    loader = DataLoader(sampler.dataset, batch_size=params.batch_size, sampler=sampler, drop_last=True)
-    for epoch in range(start + 1, params.epochs + 1):
-        sampler.set_epoch(epoch)
-        engine.train()
-        total = torch.zeros(2)  # sum of losses, number of batches
-        for xb, yb in tqdm(loader, desc=f"epoch {epoch}/{params.epochs}", disable=rank != 0,
-                           leave=False, file=sys.stdout):
-            loss = F.cross_entropy(engine(xb.to(engine.device, dtype)).float(), yb.to(engine.device))
+    def save(reason: str) -> str:
+        tag = ckpt.step_tag(engine.global_steps)
+        for p in engine.module.parameters():  # NaN weights are never checkpointed
+            if not torch.isfinite(p).all():
+                raise NonFiniteLoss(f"train: non-finite weights at step {engine.global_steps}; nothing saved")
+        engine.save_checkpoint(str(run_dir), tag=tag, client_state=state, save_latest=False)
+        ckpt.save_rank_state(run_dir / tag, rank, loop)
+        dist.barrier()  # every rank's files are written
+        if rank == 0:
+            ckpt.mark_complete(run_dir / tag, {"world_size": world, "reason": reason,
+                                               "resumes_at": {"epoch": state["epoch"], "batch": state["batch"]}})
+            ckpt.prune(run_dir, params.checkpoint.keep_last, {state["best_tag"]} - {None})
+        dist.barrier()
+        return tag
+
+    live = Live(live_dir, state["history"]) if rank == 0 else None
+    flags = torch.zeros(2)  # [SIGTERM seen, non-finite loss] on any rank
+    stop_early = state["bad_epochs"] >= params.early_stopping.patience > 0
+    for epoch in range(state["epoch"], params.epochs + 1):
+        if stop_early:
+            break
+        order = epoch_order(len(x_train), params.seed, epoch, rank, world, params.batch_size)
+        order = order[:len(order) // params.grad_accum * params.grad_accum]  # epochs end on an optimizer step
+        bar = tqdm(total=len(order), initial=state["batch"], desc=f"epoch {epoch}/{params.epochs}",
+                   disable=rank != 0, leave=False, file=sys.stdout)
+        for b in range(state["batch"], len(order)):
+            idx = order[b]
+            out = engine(x_train[idx].to(engine.device, dtype)).float()
+            loss = F.cross_entropy(out, y_train[idx].to(engine.device), label_smoothing=params.label_smoothing)
+            if params.optimizer.l1:
+                loss = loss + params.optimizer.l1 * l1_penalty(engine.module)
             engine.backward(loss)
             engine.step()
-            total += torch.tensor([loss.item(), 1.0])
-        dist.all_reduce(total)
-        val_loss, val_acc = evaluate_split(engine, x_val, y_val, dtype)
-        history.append({"epoch": epoch, "train_loss": total[0].item() / total[1].item(),
-                        "val_loss": val_loss, "val_accuracy": val_acc})
-        engine.save_checkpoint(str(run_dir), tag=f"epoch{epoch}",
-                               client_state={"epoch": epoch, "history": history})
-        if rank == 0:
-            write_json(history_path, history)
-            h = history[-1]
-            print(f"train: epoch {epoch}/{params.epochs} train_loss {h['train_loss']:.4f} "
-                  f"val_loss {h['val_loss']:.4f} val_accuracy {h['val_accuracy']:.4f}", flush=True)
+            value = loss.item()
+            loop["loss_sum"] += value
+            loop["loss_n"] += 1
+            state["batch"] = b + 1
+            bar.update()
+            flags[0], flags[1] = float(preemption.requested), float(not np.isfinite(value))
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            if flags[1]:
+                raise NonFiniteLoss(f"train: the loss is {value} at epoch {epoch}, batch {b + 1} on rank {rank} "
+                                    f"(or another rank's); lower train.optimizer.lr, set train.grad_clip, or check "
+                                    f"the data; the last good checkpoint and model are kept")
+            boundary = (b + 1) % params.grad_accum == 0
+            if flags[0] and boundary:
+                tag = save("preempted")
+                if rank == 0:
+                    print(f"train: SIGTERM: checkpoint {run_dir / tag} written; rerun to resume", flush=True)
+                return {"preempted": True}
+            every = params.checkpoint.every_steps
+            if every and boundary and engine.global_steps % every == 0 and b + 1 < len(order):
+                save("step")
+        bar.close()
 
-    # gather the (possibly ZeRO-3 partitioned) weights; rank 0 writes one fp32 file
+        totals = torch.tensor([loop["loss_sum"], loop["loss_n"]], dtype=torch.float64)
+        dist.all_reduce(totals)
+        metrics = evaluate_split(engine, x_val, y_val, dtype)
+        entry = {"epoch": epoch, "train_loss": totals[0].item() / max(totals[1].item(), 1.0), **metrics,
+                 "lr": engine.get_lr()[0]}
+        state["history"].append(entry)
+        es = params.early_stopping
+        if es.metric not in entry:
+            raise InputError(f"train.early_stopping.metric: {es.metric!r} is not one of {sorted(entry)}")
+        better = improved(entry[es.metric], state["best"], es.metric, es.min_delta)
+        state["bad_epochs"] = 0 if better else state["bad_epochs"] + 1
+        state["epoch"], state["batch"] = epoch + 1, 0
+        loop = {"loss_sum": 0.0, "loss_n": 0}
+        stop_early = state["bad_epochs"] >= es.patience > 0
+        if better:
+            state["best"], state["best_tag"] = entry[es.metric], ckpt.step_tag(engine.global_steps)
+        save("epoch")
+        if rank == 0:
+            live.log(entry)
+            write_json(history_path, state["history"])
+            print(f"train: epoch {epoch}/{params.epochs} " + " ".join(
+                f"{k} {v:.4f}" for k, v in entry.items() if k != "epoch") + (" (best)" if better else ""),
+                flush=True)
+    if stop_early and rank == 0:
+        print(f"train: early stop: {params.early_stopping.metric} did not improve for "
+              f"{params.early_stopping.patience} epoch(s); best {state['best']:.4f} at {state['best_tag']}")
+
+    best = state["best_tag"] or ckpt.step_tag(engine.global_steps)
+    engine.load_checkpoint(str(run_dir), tag=best, load_module_only=True)  # the final model is the best one
+    write_model(engine, rank, model_path, {"model": params.model, "config": json.dumps(mcfg), "fingerprint": fp,
+                                           "checkpoint": best})
+    if rank == 0:
+        write_json(history_path, state["history"])
+        _prune_other_runs(checkpoints, keep=fp)
+    dist.barrier()
+    return {"fingerprint": fp, "epochs_run": len(state["history"]), "best_checkpoint": best,
+            "early_stopped": stop_early, "world_size": world}
+
+
+def resume(engine, run_dir: Path, tag: str, rank: int, world: int) -> tuple[dict, dict]:
+    """Load checkpoint `tag` of this run: engine state, loop position, this rank's generators."""
+    saved_world = ckpt.record(run_dir / tag).get("world_size")
+    if saved_world != world:
+        raise InputError(
+            f"{run_dir / tag}: written by {saved_world} processes, this run has {world}. The data order and "
+            f"each rank's optimizer partition depend on the number of processes, so the run cannot continue "
+            f"exactly; set train.num_procs: {saved_world} (or use as many GPUs) to resume, or move {run_dir} "
+            f"away to train from scratch")
+    try:
+        path, state = engine.load_checkpoint(str(run_dir), tag=tag)
+        loop = ckpt.load_rank_state(run_dir / tag, rank)
+    except Exception as e:  # files that check but do not load: say which, never train on them
+        raise InputError(f"{run_dir / tag}: checkpoint cannot be loaded ({type(e).__name__}: {e}); "
+                         f"move {run_dir} away to train from scratch") from None
+    if path is None or state is None:
+        raise InputError(f"{run_dir / tag}: DeepSpeed found no checkpoint to load")
+    return {k: state[k] for k in ("epoch", "batch", "history", "best", "best_tag", "bad_epochs")}, loop
+
+
+def write_model(engine, rank: int, model_path: Path, meta: dict) -> None:
+    """Gather the (possibly ZeRO-3 partitioned) weights; rank 0 writes one fp32 safetensors file."""
+    import deepspeed
+
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
         if rank == 0:
             state = {k: v.detach().float().cpu().contiguous() for k, v in engine.module.state_dict().items()}
-            meta = {"model": params.model, "config": json.dumps(mcfg), "fingerprint": fp}
+            bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+            if bad:
+                raise NonFiniteLoss(f"train: non-finite values in {bad[:5]}; the model is not written")
             with atomic_path(model_path) as tmp:  # the last good model survives a crash here
                 save_file(state, str(tmp), metadata=meta)
-            write_json(history_path, history)
-            _prune_other_runs(checkpoints, keep=fp)
-    dist.barrier()
-    return {"fingerprint": fp, "resumed_from_epoch": start, "epochs": params.epochs,
-            "world_size": world, "val_accuracy": history[-1]["val_accuracy"] if history else None}
+
+
+class Live:
+    """Per-epoch metrics through DVCLive (rank 0): `dvc plots show` draws them, `dvc exp show` lists the
+    latest. The log is rewritten from the checkpoint's history on every start, so after a resume it
+    holds exactly the epochs the model has seen."""
+
+    def __init__(self, live_dir: Path, history: list[dict]):
+        from dvclive import Live as DVCLive
+
+        self.live = DVCLive(str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
+        for entry in history:
+            self.log(entry)
+
+    def log(self, entry: dict) -> None:
+        for k, v in entry.items():
+            if k != "epoch":
+                self.live.log_metric(k, v)
+        self.live.next_step()
 
 
 def _prune_other_runs(checkpoints: Path, keep: str) -> None:
@@ -202,11 +386,17 @@ def precheck(p: Params) -> None:
         raise InputError(f"{p.paths.splits}: label(s) {sorted(val_only)} in val.parquet but not in train.parquet")
     train_rows = tables["train"].num_rows
     problems, world = [], world_size(p.train)
-    if train_rows // world < p.train.batch_size:  # drop_last would leave no batch at all
+    if train_rows // world < p.train.batch_size:  # no whole batch at all
         problems.append(f"train.batch_size {p.train.batch_size} is larger than the {train_rows // world} "
                         f"training rows each of the {world} ranks gets")
     if p.train.precision == "fp16" and not torch.cuda.is_available():
         problems.append("train.precision: fp16 needs a GPU here; use fp32 or bf16 on the CPU")
+    if p.train.precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        problems.append("train.precision: bf16 is not supported by this GPU; use fp16 or fp32")
+    if p.train.model == "cnn" and image_shape_of(tables["train"].schema) is None:
+        problems.append("train.model: cnn needs images (set ingest.image_shape)")
+    if p.train.deepspeed_config:
+        read_json(p.train.deepspeed_config, "train.deepspeed_config")  # exists and parses
     if problems:
         raise InputError("; ".join(problems))
 
@@ -219,19 +409,46 @@ def launcher_command(p: Train) -> list[str]:
     return cmd + ["--no_local_rank", "--module", "tasks.train"]
 
 
+def launch(cmd: list[str]) -> int:
+    """Run the launcher; a SIGTERM or SIGINT here is passed on to every rank (which checkpoint, then exit)
+    and this process waits for them: DeepSpeed's single-node runner would die and leave them running."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    signalled: list[psutil.Process] = []
+
+    def forward(signum, frame):
+        children = psutil.Process(proc.pid).children(recursive=True)
+        signalled.extend(children)
+        for child in children:
+            try:
+                child.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = proc.wait()
+    if not signalled:
+        return code
+    psutil.wait_procs(signalled, timeout=120)  # the ranks finish their checkpoint before this stage ends
+    return PREEMPTED
+
+
 def main() -> None:
     p = run_main(load_params)
     if "LOCAL_RANK" not in os.environ:  # the DVC side: check, then start the ranks
         run_main(lambda: precheck(p))
-        sys.exit(subprocess.call(launcher_command(p.train), env=os.environ | {"PYTHONUNBUFFERED": "1"}))
+        sys.exit(launch(launcher_command(p.train)))
 
     import torch.distributed as dist
 
-    run_main(lambda: train(p.train, p.paths.splits, p.paths.checkpoints, p.paths.model, p.paths.train_history))
+    result = run_main(lambda: train(p.train, p.paths.splits, p.paths.checkpoints, p.paths.model,
+                                    p.paths.train_history, p.paths.train_live))
     sys.stdout.flush()
     sys.stderr.flush()
     dist.destroy_process_group()
-    os._exit(0)  # ZeRO-3 over gloo can abort at interpreter exit after a good run
+    os._exit(PREEMPTED if result.get("preempted") else 0)  # ZeRO-3 over gloo can abort at interpreter exit
 
 
 if __name__ == "__main__":

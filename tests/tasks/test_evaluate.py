@@ -14,7 +14,7 @@ from tasks.evaluate import evaluate, load_model
 from tasks.params import Augment, Evaluate
 from tasks.tables import read_model_table
 
-MLP = {"n_features": 4, "n_classes": 3, "hidden": [16], "dropout": 0.0}
+MLP = {"n_features": 4, "n_outputs": 3, "hidden": [16], "dropout": 0.0}
 
 
 def fit_tiny_model(train_path, model_path):

@@ -1,0 +1,189 @@
+"""train, for real (DeepSpeed, 2 CPU ranks over gloo): exact resume after kill -9, checkpoint checks,
+SIGTERM, non-finite loss, retention, early stopping.
+
+Slow: `pytest -m slow tests/e2e/test_training.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks.checkpoints import MARKER, tags
+from tests.conftest import copy_repo, run, set_params
+
+pytestmark = pytest.mark.slow
+
+FAST = {"train.model": "mlp", "train.epochs": 3, "train.batch_size": 32, "train.checkpoint.every_steps": 5,
+        "train.checkpoint.keep_last": 2, "augment.copies": 0}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A repo whose data is ready for training (ingest, clean, augment done)."""
+    repo = copy_repo(tmp_path_factory.mktemp("prepared") / "repo", master_port=29770)
+    set_params(repo, FAST)
+    run(["dvc", "repro", "augment"], repo)
+    return repo
+
+
+def fresh(prepared: Path, dest: Path, port: int, **changes) -> Path:
+    shutil.copytree(prepared, dest, symlinks=True)
+    set_params(dest, {"train.master_port": port, **changes})
+    return dest
+
+
+def train(repo: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "tasks.train"], repo, check=check, timeout=300)
+
+
+def start(repo: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def run_dir(repo: Path) -> Path:
+    (d,) = [p for p in (repo / "checkpoints").iterdir() if p.is_dir()]
+    return d
+
+
+def complete(repo: Path) -> list[str]:
+    if not (repo / "checkpoints").exists() or not any((repo / "checkpoints").iterdir()):
+        return []
+    d = run_dir(repo)
+    return [t for t in tags(d) if (d / t / MARKER).exists()]
+
+
+def shown(repo: Path, tag: str) -> str:
+    """A checkpoint's path as train prints it (relative to the repo, as params.yaml gives it)."""
+    return str(run_dir(repo).relative_to(repo) / tag)
+
+
+def newest_step(repo: Path) -> int:
+    done = complete(repo)
+    return int(done[-1][4:]) if done else -1
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended ({proc.returncode}) before the moment came:\n{proc.stdout.read()}")
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting for a checkpoint")
+        time.sleep(0.05)
+
+
+def weights(repo: Path) -> dict[str, torch.Tensor]:
+    return load_file(repo / "model/model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 1e-6, f"weights differ by up to {worst}"
+
+
+@pytest.fixture(scope="module")
+def reference(prepared, tmp_path_factory) -> dict:
+    """An uninterrupted run: its final weights, and what it left in the checkpoint folder."""
+    repo = fresh(prepared, tmp_path_factory.mktemp("ref") / "repo", 29771)
+    out = train(repo).stdout
+    return {"weights": weights(repo), "complete": complete(repo), "stdout": out, "repo": repo}
+
+
+def test_uninterrupted_run_keeps_the_last_k_and_the_best_and_logs_with_dvclive(reference):
+    repo = reference["repo"]
+    history = json.loads((repo / "reports/train_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert len(reference["complete"]) <= 3  # keep_last 2, plus the best when it is older
+    best = min(history, key=lambda h: h["val_loss"])
+    meta_best = json.loads((run_dir(repo) / reference["complete"][-1] / MARKER).read_text())
+    assert meta_best["world_size"] == 2 and meta_best["resumes_at"] == {"epoch": 4, "batch": 0}
+    assert f"val_loss {best['val_loss']:.4f}" in reference["stdout"]
+    # DVCLive: one row per epoch for each metric, the last epoch's values as the summary
+    rows = (repo / "reports/train/plots/metrics/val_loss.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["step", "val_loss"] and len(rows) == 4
+    summary = json.loads((repo / "reports/train/metrics.json").read_text())
+    assert summary["val_accuracy"] == pytest.approx(history[-1]["val_accuracy"])
+    assert json.loads((run_dir(repo) / "ds_config.json").read_text())["optimizer"]["type"] == "AdamW"
+
+
+def test_kill_9_then_a_truncated_checkpoint_still_ends_with_the_same_weights(prepared, reference, tmp_path):
+    repo = fresh(prepared, tmp_path / "repo", 29772)
+    target = random.Random().randint(10, 45)  # of 57 optimizer steps (19 a rank per epoch): a random moment
+    proc = start(repo)
+    wait_for(lambda: newest_step(repo) >= target, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # every process of the run, no chance to clean up
+    proc.wait()
+    done = complete(repo)
+    assert done, "the killed run left no checkpoint"
+    # the newest checkpoint gets cut short after the fact: it must be skipped for the one before
+    newest = run_dir(repo) / done[-1] / "mp_rank_00_model_states.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    out = train(repo).stdout
+    assert f"skipping checkpoint {shown(repo, done[-1])}: mp_rank_00_model_states.pt has" in out
+    if len(done) > 1:
+        assert f"resumed from {shown(repo, done[-2])}" in out
+    assert_same_weights(weights(repo), reference["weights"])
+
+
+def test_sigterm_checkpoints_before_exit_and_the_rerun_resumes_from_it(prepared, reference, tmp_path):
+    repo = fresh(prepared, tmp_path / "repo", 29773)
+    proc = start(repo)
+    wait_for(lambda: newest_step(repo) >= 10, proc)
+    proc.send_signal(signal.SIGTERM)  # to the stage's process, as a scheduler or Prefect would
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    newest = complete(repo)[-1]
+    record = json.loads((run_dir(repo) / newest / MARKER).read_text())
+    assert record["reason"] == "preempted" and record["resumes_at"]["batch"] > 0, record  # mid-epoch
+    assert "SIGTERM: checkpoint" in out
+    assert not (repo / "model/model.safetensors").exists()  # an interrupted run registers nothing
+    rerun = train(repo).stdout
+    assert f"resumed from {shown(repo, newest)}" in rerun
+    assert_same_weights(weights(repo), reference["weights"])
+
+
+def test_non_finite_loss_stops_the_run_and_nothing_is_registered(prepared, tmp_path):
+    repo = fresh(prepared, tmp_path / "repo", 29774, **{"train.optimizer": {"name": "sgd", "lr": 1e12},
+                                                         "train.grad_clip": 0.0})
+    res = run(["dvc", "repro", "register"], repo, check=False, timeout=300)
+    assert res.returncode != 0
+    # the loss check comes first, unless the weights blew up on the very step before a checkpoint
+    assert "train: the loss is" in res.stdout + res.stderr or "non-finite weights" in res.stdout + res.stderr
+    assert not (repo / "model/model.safetensors").exists()
+    assert run(["git", "tag"], repo).stdout.strip() == ""  # no version registered
+    for tag in complete(repo):  # whatever was checkpointed before the loss blew up is finite
+        state = torch.load(run_dir(repo) / tag / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+        assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_early_stopping_keeps_the_best_epoch(prepared, tmp_path):
+    # a learning rate that overfits fast, and a metric that must rise: stops after 1 bad epoch
+    repo = fresh(prepared, tmp_path / "repo", 29775, **{
+        "train.epochs": 6, "train.early_stopping": {"metric": "val_accuracy", "patience": 1, "min_delta": 0.5}})
+    out = train(repo).stdout
+    # min_delta 0.5: no epoch after the first can improve by that much
+    assert "train: early stop: val_accuracy did not improve for 1 epoch(s)" in out
+    history = json.loads((repo / "reports/train_history.json").read_text())
+    assert len(history) == 2
+    first_tag = [line for line in out.splitlines() if "(best)" in line]
+    assert len(first_tag) == 1 and first_tag[0].startswith("train: epoch 1/6")
+    meta = json.loads(subprocess.run([sys.executable, "-c", (
+        "import json,sys; from safetensors import safe_open; "
+        "print(json.dumps(safe_open(sys.argv[1], 'pt').metadata()))"), str(repo / "model/model.safetensors")],
+        capture_output=True, text=True, check=True).stdout)
+    epoch1 = json.loads((run_dir(repo) / meta["checkpoint"] / MARKER).read_text())
+    assert epoch1["resumes_at"] == {"epoch": 2, "batch": 0}  # the final model is epoch 1's, not the last
