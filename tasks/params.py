@@ -297,8 +297,11 @@ class Train(Section):
     deepspeed_config: Path | None = Field(None, description="a DeepSpeed JSON file whose keys override the "
                                           "config derived from these params")
     deterministic: bool = Field(False, description="deterministic kernels only (slower on a GPU)")
-    num_procs: int = Field(2, ge=1, description="CPU processes when there is no GPU")
+    num_procs: int = Field(2, ge=1, description="CPU processes when there is no GPU (per node with a hostfile)")
     master_port: int = Field(29500, ge=1024, le=65535)
+    hostfile: Path | None = Field(None, description="several machines: DeepSpeed's hostfile ('host slots=N' per "
+                                  "line); with NODE_RANK set, each node starts its own launcher (no ssh)")
+    master_addr: str = Field("127.0.0.1", description="address of node 0 when several machines train together")
     seed: int = 0
 
 

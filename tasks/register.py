@@ -141,7 +141,7 @@ def register(p: Params, flow_run_id: str | None = None) -> dict:
     value = float(metrics[params.metric])
     decision = promotion(params, value, p.paths.metrics)
     version = next_version(params.name)
-    run = read_json(p.paths.checkpoints / meta.get("fingerprint", "") / "run.json", "training run record")
+    run = read_json(p.paths.checkpoints / meta.get("run", "") / "run.json", "training run record")
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "tasks", "models", "flows").splitlines()]
     lineage = {
         "artifact": params.name, "version": version,

@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def ds_config(params: Train, world_size: int, total_steps: int) -> dict:
                  if opt.name == "adamw" else
                  {"type": "SGD", "params": {"lr": opt.lr, "weight_decay": opt.weight_decay, "momentum": opt.momentum}})
     sched = params.schedule
-    warmup = {"warmup_num_steps": max(sched.warmup_steps, 1), "warmup_type": "linear"}
+    warmup = {"warmup_num_steps": sched.warmup_steps, "warmup_type": "linear"}
     scheduler = {
         "constant": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": opt.lr, **warmup}},
         "linear": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": opt.lr,
@@ -87,7 +88,7 @@ def ds_config(params: Train, world_size: int, total_steps: int) -> dict:
         "train_batch_size": params.batch_size * params.grad_accum * world_size,
         "gradient_clipping": params.grad_clip,
         "optimizer": optimizer,
-        "scheduler": scheduler,
+        **({} if sched.name == "constant" and not sched.warmup_steps else {"scheduler": scheduler}),
         "zero_optimization": {"stage": params.zero_stage},
         "bf16": {"enabled": params.precision == "bf16"},
         "fp16": {"enabled": params.precision == "fp16", "loss_scale": 0},  # 0: dynamic loss scaling
@@ -198,17 +199,19 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
     torch.manual_seed(params.seed + 1 + rank)  # dropout masks differ between ranks, repeat between runs
 
     fp = fingerprint(params, splits)
-    run_dir = checkpoints / fp
+    run_dir = checkpoints / f"{fp}-w{world}"  # data order and optimizer partitions follow the world size
+    if rank == 0:
+        refuse_other_world(checkpoints, fp, world, params.epochs)
     state = {"epoch": 1, "batch": 0, "history": [], "best": None, "best_tag": None, "bad_epochs": 0}
     loop = {"loss_sum": 0.0, "loss_n": 0}
     if rank == 0:
         write_json(run_dir / "ds_config.json", cfg)  # usable as is with DeepSpeed's --deepspeed_config
         write_json(run_dir / RUN_FILE, {"fingerprint": fp, "deepspeed": cfg, "model": params.model,
-                                        "model_config": mcfg})
+                                        "model_config": mcfg, "world_size": world})
     tag = [ckpt.newest_complete(run_dir) if rank == 0 else None]
     dist.broadcast_object_list(tag, src=0)  # every rank resumes from the checkpoint rank 0 chose
     if tag[0]:
-        state, loop = resume(engine, run_dir, tag[0], rank, world)
+        state, loop = resume(engine, run_dir, tag[0], rank)
         if rank == 0:
             print(f"train: resumed from {run_dir / tag[0]} (epoch {state['epoch']}, batch {state['batch']})")
 
@@ -217,6 +220,8 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
         for p in engine.module.parameters():  # NaN weights are never checkpointed
             if not torch.isfinite(p).all():
                 raise NonFiniteLoss(f"train: non-finite weights at step {engine.global_steps}; nothing saved")
+        if rank == 0:  # a checkpoint written again (after a resume) counts only once it is whole again
+            (run_dir / tag / ckpt.MARKER).unlink(missing_ok=True)
         engine.save_checkpoint(str(run_dir), tag=tag, client_state=state, save_latest=False)
         ckpt.save_rank_state(run_dir / tag, rank, loop)
         dist.barrier()  # every rank's files are written
@@ -235,6 +240,7 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
             break
         order = epoch_order(len(x_train), params.seed, epoch, rank, world, params.batch_size)
         order = order[:len(order) // params.grad_accum * params.grad_accum]  # epochs end on an optimizer step
+        started = time.perf_counter()
         bar = tqdm(total=len(order), initial=state["batch"], desc=f"epoch {epoch}/{params.epochs}",
                    disable=rank != 0, leave=False, file=sys.stdout)
         for b in range(state["batch"], len(order)):
@@ -266,12 +272,16 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
             if every and boundary and engine.global_steps % every == 0 and b + 1 < len(order):
                 save("step")
         bar.close()
+        seconds = time.perf_counter() - started  # the training steps of this epoch (this start's share)
 
         totals = torch.tensor([loop["loss_sum"], loop["loss_n"]], dtype=torch.float64)
         dist.all_reduce(totals)
-        metrics = evaluate_split(engine, x_val, y_val, dtype)
-        entry = {"epoch": epoch, "train_loss": totals[0].item() / max(totals[1].item(), 1.0), **metrics,
-                 "lr": engine.get_lr()[0]}
+        metrics = [evaluate_split(engine, x_val, y_val, dtype)]
+        # rank 0's figures decide for all: BatchNorm's running statistics are each rank's own (DeepSpeed does
+        # not average them), and rank 0's are the ones its checkpoint and the model file keep
+        dist.broadcast_object_list(metrics, src=0)
+        entry = {"epoch": epoch, "train_loss": totals[0].item() / max(totals[1].item(), 1.0), **metrics[0],
+                 "lr": engine.get_lr()[0], "seconds": seconds}
         state["history"].append(entry)
         es = params.early_stopping
         if es.metric not in entry:
@@ -297,24 +307,35 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
     best = state["best_tag"] or ckpt.step_tag(engine.global_steps)
     engine.load_checkpoint(str(run_dir), tag=best, load_module_only=True)  # the final model is the best one
     write_model(engine, rank, model_path, {"model": params.model, "config": json.dumps(mcfg), "fingerprint": fp,
-                                           "checkpoint": best})
+                                           "run": run_dir.name, "checkpoint": best})
     if rank == 0:
         write_json(history_path, state["history"])
-        _prune_other_runs(checkpoints, keep=fp)
+        _prune_other_runs(checkpoints, keep=run_dir.name)
     dist.barrier()
     return {"fingerprint": fp, "epochs_run": len(state["history"]), "best_checkpoint": best,
             "early_stopped": stop_early, "world_size": world}
 
 
-def resume(engine, run_dir: Path, tag: str, rank: int, world: int) -> tuple[dict, dict]:
+def refuse_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> None:
+    """An unfinished run of the same params and data with another number of processes is not silently
+    dropped: it cannot go on exactly with this many (each epoch's data order is cut into one shard per
+    process, and ZeRO splits the optimizer state the same way), so say how to resume it or start over."""
+    for other in sorted(checkpoints.glob(f"{fp}-w*")):
+        tag = ckpt.newest_complete(other, warn=lambda _: None)
+        if other.name == f"{fp}-w{world}" or tag is None:
+            continue
+        at = ckpt.record(other / tag)
+        if at["resumes_at"]["epoch"] <= epochs:  # unfinished
+            raise InputError(
+                f"{other / tag}: an unfinished run of these params and data, written by {at['world_size']} "
+                f"processes; this run has {world}. Each epoch's data order is cut into one shard per process and "
+                f"ZeRO splits the optimizer state the same way, so it cannot continue exactly with {world}. Set "
+                f"train.num_procs: {at['world_size']} (or use as many GPUs) to resume it, or delete {other} to "
+                f"train from scratch with {world}")
+
+
+def resume(engine, run_dir: Path, tag: str, rank: int) -> tuple[dict, dict]:
     """Load checkpoint `tag` of this run: engine state, loop position, this rank's generators."""
-    saved_world = ckpt.record(run_dir / tag).get("world_size")
-    if saved_world != world:
-        raise InputError(
-            f"{run_dir / tag}: written by {saved_world} processes, this run has {world}. The data order and "
-            f"each rank's optimizer partition depend on the number of processes, so the run cannot continue "
-            f"exactly; set train.num_procs: {saved_world} (or use as many GPUs) to resume, or move {run_dir} "
-            f"away to train from scratch")
     try:
         path, state = engine.load_checkpoint(str(run_dir), tag=tag)
         loop = ckpt.load_rank_state(run_dir / tag, rank)
@@ -401,10 +422,16 @@ def precheck(p: Params) -> None:
         raise InputError("; ".join(problems))
 
 
-def launcher_command(p: Train) -> list[str]:
-    """DeepSpeed's launcher: every visible GPU, else `num_procs` CPU ranks."""
+def launcher_command(p: Train, env: dict | None = None) -> list[str]:
+    """DeepSpeed's launcher: every visible GPU, else `num_procs` CPU ranks; with train.hostfile, the hosts
+    it lists: started over ssh from node 0, or, where NODE_RANK is set, by one launcher on each node."""
+    env = os.environ if env is None else env
     cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", f"--master_port={p.master_port}"]
-    if not torch.cuda.is_available():
+    if p.hostfile:
+        cmd += [f"--hostfile={p.hostfile}", f"--master_addr={p.master_addr}"]
+        if "NODE_RANK" in env:
+            cmd += ["--no_ssh", f"--node_rank={env['NODE_RANK']}"]
+    elif not torch.cuda.is_available():
         cmd.append(f"--num_gpus={p.num_procs}")
     return cmd + ["--no_local_rank", "--module", "tasks.train"]
 

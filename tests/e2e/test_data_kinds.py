@@ -33,13 +33,24 @@ KINDS = {
         "ingest.header": True, "ingest.label_column": "area", "ingest.text_column": "text",
         "ingest.image_shape": None, "contract": {"min_rows": 100, "min_class_rows": 50, "max_null_ratio": 0.0},
         "train.model": "mlp", "train.epochs": 15}),
+    # the same texts as token-id sequences through the Transformer encoder
+    "text-transformer": ("text", "data/sources/docs.csv", 0.45, {
+        "ingest.header": True, "ingest.label_column": "area", "ingest.text_column": "text",
+        "ingest.image_shape": None, "contract": {"min_rows": 100, "min_class_rows": 50, "max_null_ratio": 0.0},
+        "augment.text": {"representation": "sequence", "max_tokens": 48, "vocab_size": 1000},
+        "train.model": "transformer", "train.transformer": {"d_model": 32, "heads": 4, "layers": 2},
+        "train.epochs": 15}),
+    # the digit images read row by row by a GRU
+    "images-rnn": ("images", "data/sources/digits_png", 0.85, {
+        "contract.columns": {"label": {"type": "category", "allowed": [str(d) for d in range(10)]}},
+        "train.model": "rnn", "train.rnn": {"cell": "gru", "hidden": 64}, "train.epochs": 5}),
 }
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_kind_of_data_trains_by_changing_params_only(tmp_path, kind):
     maker, source, min_accuracy, changes = KINDS[kind]
-    port = {"images": 29710, "table": 29720, "text": 29730}[kind]
+    port = {"images": 29710, "table": 29720, "text": 29730, "text-transformer": 29755, "images-rnn": 29765}[kind]
     repo = copy_repo(tmp_path / kind, master_port=port)
     run([sys.executable, "-m", "tasks.example_data", maker, source], repo)
     set_params(repo, {"ingest.source": source, **changes})
@@ -49,7 +60,7 @@ def test_each_kind_of_data_trains_by_changing_params_only(tmp_path, kind):
     assert metrics["accuracy"] >= min_accuracy, metrics
     contract = json.loads((repo / "reports/contract.json").read_text())
     assert contract["ok"] and contract["violations"] == []
-    if kind == "text":
+    if kind.startswith("text"):
         assert (repo / "data/splits/tokenizer.json").exists()
     if kind == "table":
         report = json.loads((repo / "reports/clean.json").read_text())

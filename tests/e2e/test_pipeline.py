@@ -17,6 +17,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from tasks.checkpoints import MARKER, tags
 from tests.conftest import GIT_ENV, copy_repo, run, set_params
 
 pytestmark = pytest.mark.slow
@@ -54,12 +55,14 @@ def test_dvc_repro_trains_evaluates_and_registers(repro_repo):
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert metrics["accuracy"] >= 0.90, metrics
 
-    # a DeepSpeed checkpoint per epoch, the optimizer state written by both ranks
+    # a complete DeepSpeed checkpoint after the last epoch, the optimizer state written by both ranks
     (run_dir,) = [d for d in (repo / "checkpoints").iterdir() if d.is_dir()]
-    latest = (run_dir / "latest").read_text().strip()
-    assert latest == f"epoch{yaml.safe_load((repo / 'params.yaml').read_text())['train']['epochs']}"
+    latest = tags(run_dir)[-1]
+    epochs = yaml.safe_load((repo / "params.yaml").read_text())["train"]["epochs"]
+    assert json.loads((run_dir / latest / MARKER).read_text())["resumes_at"] == {"epoch": epochs + 1, "batch": 0}
     files = {f.name for f in (run_dir / latest).iterdir()}
-    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+            "rank0.pt", "rank1.pt"} <= files
     assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
     ds = json.loads((run_dir / "ds_config.json").read_text())  # derived from params.yaml's train section
     train = yaml.safe_load((repo / "params.yaml").read_text())["train"]
@@ -69,8 +72,8 @@ def test_dvc_repro_trains_evaluates_and_registers(repro_repo):
     weights = load_file(str(repo / "model/model.safetensors"))
     assert weights and all(t.dtype.is_floating_point for t in weights.values())
 
-    tags = run(["git", "tag"], repo).stdout.split()
-    assert "digits@v0.0.1" in tags and "digits#prod#1" in tags
+    git_tags = run(["git", "tag"], repo).stdout.split()
+    assert "digits@v0.0.1" in git_tags and "digits#prod#1" in git_tags
     # DVC resolves the registered version and the production stage to these exact weights
     for how in (["--rev", "v0.0.1"], ["--stage", "prod"]):
         run(["dvc", "artifacts", "get", ".", "digits", *how, "-o", str(repo / "got.safetensors"), "-f"], repo)
@@ -142,34 +145,34 @@ def test_interrupted_training_resumes_from_its_checkpoint(flow_repo):
     proc = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=repo, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not list((repo / "checkpoints").glob("*/latest")):
+    while not list((repo / "checkpoints").glob(f"*/step*/{MARKER}")):
         assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    (run_dir,) = (repo / "checkpoints").glob("*/latest")
-    interrupted_at = run_dir.read_text().strip()
-    assert interrupted_at in ("epoch1", "epoch2"), interrupted_at
-    epoch = int(interrupted_at[5:])
+    (marker,) = sorted((repo / "checkpoints").glob(f"*/step*/{MARKER}"))[-1:]
+    epoch = json.loads(marker.read_text())["resumes_at"]["epoch"]  # the first epoch not yet finished
+    assert epoch in (2, 3), epoch
 
     out = run(["dvc", "repro", "train"], repo).stdout
-    assert "resumed from checkpoint" in out and f"(epoch {epoch} of 3)" in out
-    assert f"epoch {epoch}/3 train_loss" not in out  # not trained again
+    assert f"train: resumed from checkpoints/{marker.parent.parent.name}/{marker.parent.name} (epoch {epoch}" in out
+    assert f"epoch {epoch - 1}/3 train_loss" not in out  # not trained again
     assert "epoch 3/3 train_loss" in out
     history = json.loads((repo / "reports/train_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
-def test_corrupt_checkpoint_is_refused_with_its_name(flow_repo):
-    repo, _, _ = flow_repo  # after the resume test: a finished run whose latest is epoch3
+def test_corrupt_checkpoint_is_skipped_with_its_name(flow_repo):
+    repo, _, _ = flow_repo  # after the resume test: a finished run
     (run_dir,) = [d for d in (repo / "checkpoints").iterdir() if d.is_dir()]
-    states = run_dir / "epoch3" / "mp_rank_00_model_states.pt"
+    newest = tags(run_dir)[-1]
+    states = run_dir / newest / "mp_rank_00_model_states.pt"
     states.write_bytes(states.read_bytes()[:100])  # truncated, as by a full disk
-    model_before = (repo / "model/model.safetensors").read_bytes()
-    res = run([sys.executable, "-m", "tasks.train"], repo, check=False)
-    assert res.returncode != 0
-    assert f"{run_dir.name}/epoch3: checkpoint cannot be loaded" in res.stdout + res.stderr
-    assert (repo / "model/model.safetensors").read_bytes() == model_before
+    res = run([sys.executable, "-m", "tasks.train"], repo)
+    assert f"skipping checkpoint checkpoints/{run_dir.name}/{newest}: mp_rank_00_model_states.pt has 100 bytes" \
+        in res.stdout
+    assert "train: resumed from" in res.stdout  # the previous good one
+    assert (repo / "model/model.safetensors").exists()
 
 
 @pytest.mark.parametrize("problem,expected", [

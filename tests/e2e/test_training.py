@@ -187,3 +187,17 @@ def test_early_stopping_keeps_the_best_epoch(prepared, tmp_path):
         capture_output=True, text=True, check=True).stdout)
     epoch1 = json.loads((run_dir(repo) / meta["checkpoint"] / MARKER).read_text())
     assert epoch1["resumes_at"] == {"epoch": 2, "batch": 0}  # the final model is epoch 1's, not the last
+
+
+def test_two_launchers_as_two_nodes_train_like_one_launcher_with_two_ranks(prepared, reference, tmp_path):
+    """Multi-node without ssh: one launcher per node (NODE_RANK), one rank each, node 0's address; on
+    one machine the two "nodes" are two host names for it. World size 2, so the very same weights."""
+    repo = fresh(prepared, tmp_path / "repo", 29776, **{"train.hostfile": "hostfile", "train.num_procs": 1})
+    (repo / "hostfile").write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    node1 = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=repo, env=os.environ | {"NODE_RANK": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node0 = run([sys.executable, "-m", "tasks.train"], repo, env=os.environ | {"NODE_RANK": "0"}, timeout=300)
+    out1, _ = node1.communicate(timeout=120)
+    assert node1.returncode == 0, out1
+    assert "dist_world_size=2" in node0.stdout + node0.stderr
+    assert_same_weights(weights(repo), reference["weights"])

@@ -36,7 +36,7 @@ def produce(p, accuracy, seed):
     """What train and evaluate would leave behind: a model and its metrics."""
     p.paths.model.parent.mkdir(parents=True, exist_ok=True)
     save_file({"w": torch.full((3,), float(seed))}, str(p.paths.model),
-              metadata={"model": "mlp", "config": "{}", "fingerprint": "fp1"})
+              metadata={"model": "mlp", "config": "{}", "fingerprint": "fp1", "run": "fp1"})
     write_json(p.paths.metrics, {"accuracy": accuracy, "f1_macro": accuracy})
 
 

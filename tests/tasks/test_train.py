@@ -25,7 +25,10 @@ def test_deepspeed_config_follows_params():
     assert cfg["gradient_clipping"] == 0.5
     assert cfg["optimizer"]["type"] == "AdamW"
     assert cfg["optimizer"]["params"]["torch_adam"] is True  # no FusedAdam build on the CPU
-    assert cfg["scheduler"]["type"] == "WarmupLR"  # constant after warmup
+    assert "scheduler" not in cfg  # constant, no warmup
+    warm = ds_config(Train.model_validate({"schedule": {"warmup_steps": 20}}), world_size=1, total_steps=100)
+    assert warm["scheduler"] == {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 3e-3,
+                                                                 "warmup_num_steps": 20, "warmup_type": "linear"}}
 
 
 def test_optimizer_schedule_and_a_users_deepspeed_json(tmp_path):
