@@ -163,6 +163,36 @@ class Preemption:
         self.requested = True
 
 
+class Agreement:
+    """What all ranks must decide together after a step: stop for a SIGTERM, stop for a non-finite loss.
+    One small all-reduce per step agrees on it, run while the next step computes, since a blocking
+    collective per step costs a quarter of a small model's step on CPU ranks. So a decision lands one
+    step late, on every rank at the same step; settle() waits for it (before any checkpoint)."""
+
+    def __init__(self, preemption: Preemption, rank: int):
+        self.preemption, self.rank = preemption, rank
+        self.pending, self.flags, self.where = None, torch.zeros(2), ""
+        self.stop = False  # a SIGTERM reached some rank: checkpoint at the next optimizer step, then exit
+
+    def post(self, loss: float, where: str) -> None:
+        self.settle()
+        self.flags = torch.tensor([float(self.preemption.requested), float(not np.isfinite(loss))])
+        if not np.isfinite(loss):
+            self.where = f"the loss is {loss} at {where} on rank {self.rank}"
+        self.pending = torch.distributed.all_reduce(self.flags, op=torch.distributed.ReduceOp.MAX, async_op=True)
+
+    def settle(self) -> None:
+        if self.pending is None:
+            return
+        self.pending.wait()
+        self.pending = None
+        self.stop = self.stop or bool(self.flags[0])
+        if self.flags[1]:
+            raise NonFiniteLoss(f"train: {self.where or 'the loss is not finite on another rank'}; lower "
+                                f"train.optimizer.lr, set train.grad_clip, or check the data; the last good "
+                                f"checkpoint and model are kept")
+
+
 def fingerprint(params: Train, splits: Path) -> str:
     """What a checkpoint must match to be resumed: the params that shape training, and the data."""
     relevant = params.model_dump_json(exclude={"num_procs", "master_port", "checkpoint"})
@@ -233,7 +263,7 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
         return tag
 
     live = Live(live_dir, state["history"]) if rank == 0 else None
-    flags = torch.zeros(2)  # [SIGTERM seen, non-finite loss] on any rank
+    agreed = Agreement(preemption, rank)
     stop_early = state["bad_epochs"] >= params.early_stopping.patience > 0
     for epoch in range(state["epoch"], params.epochs + 1):
         if stop_early:
@@ -256,21 +286,19 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
             loop["loss_n"] += 1
             state["batch"] = b + 1
             bar.update()
-            flags[0], flags[1] = float(preemption.requested), float(not np.isfinite(value))
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            if flags[1]:
-                raise NonFiniteLoss(f"train: the loss is {value} at epoch {epoch}, batch {b + 1} on rank {rank} "
-                                    f"(or another rank's); lower train.optimizer.lr, set train.grad_clip, or check "
-                                    f"the data; the last good checkpoint and model are kept")
+            agreed.post(value, f"epoch {epoch}, batch {b + 1}")
             boundary = (b + 1) % params.grad_accum == 0
-            if flags[0] and boundary:
+            if agreed.stop and boundary:
+                agreed.settle()
                 tag = save("preempted")
                 if rank == 0:
                     print(f"train: SIGTERM: checkpoint {run_dir / tag} written; rerun to resume", flush=True)
                 return {"preempted": True}
             every = params.checkpoint.every_steps
             if every and boundary and engine.global_steps % every == 0 and b + 1 < len(order):
+                agreed.settle()
                 save("step")
+        agreed.settle()
         bar.close()
         seconds = time.perf_counter() - started  # the training steps of this epoch (this start's share)
 
@@ -436,12 +464,20 @@ def launcher_command(p: Train, env: dict | None = None) -> list[str]:
     return cmd + ["--no_local_rank", "--module", "tasks.train"]
 
 
-def launch(cmd: list[str]) -> int:
+def threads_per_rank(p: Train) -> dict:
+    """CPU ranks share the cores (torchrun's rule): each gets cores / ranks threads, unless the user chose;
+    more threads than cores would have the ranks fight over them."""
+    if "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // p.num_procs))}
+
+
+def launch(cmd: list[str], env: dict) -> int:
     """Run the launcher; a SIGTERM or SIGINT here is passed on to every rank (which checkpoint, then exit)
     and this process waits for them: DeepSpeed's single-node runner would die and leave them running."""
     import psutil
 
-    proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONUNBUFFERED": "1"} | env)
     signalled: list[psutil.Process] = []
 
     def forward(signum, frame):
@@ -466,7 +502,7 @@ def main() -> None:
     p = run_main(load_params)
     if "LOCAL_RANK" not in os.environ:  # the DVC side: check, then start the ranks
         run_main(lambda: precheck(p))
-        sys.exit(launch(launcher_command(p.train)))
+        sys.exit(launch(launcher_command(p.train), threads_per_rank(p.train)))
 
     import torch.distributed as dist
 

@@ -194,9 +194,12 @@ def test_two_launchers_as_two_nodes_train_like_one_launcher_with_two_ranks(prepa
     one machine the two "nodes" are two host names for it. World size 2, so the very same weights."""
     repo = fresh(prepared, tmp_path / "repo", 29776, **{"train.hostfile": "hostfile", "train.num_procs": 1})
     (repo / "hostfile").write_text("localhost slots=1\n127.0.0.1 slots=1\n")
-    node1 = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=repo, env=os.environ | {"NODE_RANK": "1"},
+    # both "nodes" share this machine's cores, as the reference's two ranks did: one thread each, the same
+    # arithmetic (a node of its own would give its rank every core, and sums in another order)
+    env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
+    node1 = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=repo, env=env | {"NODE_RANK": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    node0 = run([sys.executable, "-m", "tasks.train"], repo, env=os.environ | {"NODE_RANK": "0"}, timeout=300)
+    node0 = run([sys.executable, "-m", "tasks.train"], repo, env=env | {"NODE_RANK": "0"}, timeout=300)
     out1, _ = node1.communicate(timeout=120)
     assert node1.returncode == 0, out1
     assert "dist_world_size=2" in node0.stdout + node0.stderr
