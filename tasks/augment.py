@@ -71,18 +71,22 @@ def augment_images(x: torch.Tensor, shape: tuple[int, int], p: ImageAug, gen: to
     return (out + noise).reshape(n, h * w)
 
 
-def augment_table(x: np.ndarray, y: np.ndarray, n_numeric: int, p: TableAug, rng: np.random.Generator) -> np.ndarray:
-    """Mixup within each class (labels stay exact), then noise on the numeric columns."""
-    out = x.copy()
+def augment_table(x: np.ndarray, y: np.ndarray, n_numeric: int, p: TableAug, rng: np.random.Generator,
+                  regression: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup, then noise on the numeric columns. A class mixes within itself (labels stay exact); a
+    regression mixes any two rows, and their targets in the same proportion."""
+    out, y = x.copy(), y.copy()
     if p.mixup_alpha > 0:
-        partner = np.arange(len(y))
-        for c in np.unique(y):
+        partner = rng.permutation(len(y)) if regression else np.arange(len(y))
+        for c in ([] if regression else np.unique(y)):
             rows = np.flatnonzero(y == c)
             partner[rows] = rng.permutation(rows)
         lam = rng.beta(p.mixup_alpha, p.mixup_alpha, size=(len(y), 1)).astype(np.float32)
         out = lam * out + (1 - lam) * out[partner]
+        if regression:
+            y = (lam[:, 0] * y + (1 - lam[:, 0]) * y[partner]).astype(y.dtype)
     out[:, :n_numeric] += rng.normal(0, p.noise_std, size=(len(y), n_numeric)).astype(np.float32)
-    return out
+    return out, y
 
 
 def train_tokenizer(texts: list[str], p: TextAug):
@@ -134,7 +138,9 @@ def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
 def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Path) -> dict:
     table = read_model_table(clean_path)
     t = read_json(transform_path, "clean transform")
-    check_model_table(table, clean_path, len(t["classes"]))  # the boundary: finite values, labels in range
+    regression = t.get("task") == "regression"
+    # the boundary: finite values, labels in range
+    check_model_table(table, clean_path, None if regression else len(t["classes"]))
     features, shape, text = feature_names(table.schema), image_shape_of(table.schema), text_column_of(table.schema)
     parts = {s: table.filter(pc.equal(table[SPLIT], s)) for s in SPLITS}
     for s, part in parts.items():
@@ -159,22 +165,22 @@ def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Pa
             return token_sequences(ids, params.text.max_tokens, dropout, rng)
         return bag_of_words(ids, vocab, dropout, rng)
 
-    schema = model_schema(names, shape, token_vocab=vocab if sequence else 0)
+    schema = model_schema(names, shape, token_vocab=vocab if sequence else 0, regression=regression)
     counts = {}
     for s, part in parts.items():
         x, y = _matrix(part, features), part[LABEL].to_numpy()
         ids = [e.ids for e in tok.encode_batch(part[text].to_pylist())] if tok else None
-        blocks = [np.hstack([x, text_features(ids)]) if tok else x]
+        blocks, targets = [np.hstack([x, text_features(ids)]) if tok else x], [y]
         for _ in range(params.copies if s == "train" else 0):
             if shape:
-                extra = augment_images(torch.from_numpy(x), shape, params.image, gen).numpy()
+                extra, extra_y = augment_images(torch.from_numpy(x), shape, params.image, gen).numpy(), y
             else:
-                extra = augment_table(x, y, len(t["numeric"]), params.table, rng)
+                extra, extra_y = augment_table(x, y, len(t["numeric"]), params.table, rng, regression)
             if tok:
                 extra = np.hstack([extra, text_features(ids, params.text.token_dropout)])
             blocks.append(extra)
-        xs = np.concatenate(blocks)
-        ys = np.tile(y, len(blocks))
+            targets.append(extra_y)
+        xs, ys = np.concatenate(blocks), np.concatenate(targets)
         cols = [pa.array(xs[:, j]) for j in range(xs.shape[1])]
         cols += [pa.array(ys), pa.array(np.full(len(ys), s, dtype=object), pa.string())]
         write_table(pa.Table.from_arrays(cols, schema=schema), out_dir / f"{s}.parquet")

@@ -121,7 +121,7 @@ def select(scanned: dict, params: Clean, raw_path: Path) -> tuple[np.ndarray, np
     h, n = scanned["rows"], len(scanned["rows"])
     keep = first_occurrences(h)
     report = {"rows_in": n, "duplicates_dropped": int(n - keep.sum())}
-    labeled = pc.is_valid(scanned["labels"]).to_numpy(zero_copy_only=False)
+    labeled = pc.invert(missing_mask(scanned["labels"])).to_numpy(zero_copy_only=False)  # NaN targets too
     report["unlabeled_dropped"] = int((keep & ~labeled).sum())
     keep &= labeled
     report["incomplete_dropped"] = int((keep & scanned["incomplete"]).sum())
@@ -131,21 +131,23 @@ def select(scanned: dict, params: Clean, raw_path: Path) -> tuple[np.ndarray, np
     return keep, assign_splits(scanned["keys"], params.split), report
 
 
-def check_split_labels(labels: pa.ChunkedArray, keep: np.ndarray, split: np.ndarray, raw_path: Path) -> list[str]:
-    """The classes; every label in val or test must also be in train."""
+def check_split_labels(labels: pa.ChunkedArray, keep: np.ndarray, split: np.ndarray, raw_path: Path,
+                       regression: bool = False) -> list[str]:
+    """The classes (none for a regression); every split has rows, every label in val or test is in train."""
     kept = labels.filter(pa.array(keep))
     sp = split[keep]
-    per = {s: set(_sorted_classes(kept.filter(pa.array(sp == i)))) for i, s in enumerate(SPLITS)}
+    per = {s: set(_sorted_classes(kept.filter(pa.array(sp == i)))) if not regression else
+           ({"rows"} if (sp == i).any() else set()) for i, s in enumerate(SPLITS)}
     problems = []
     for s in SPLITS:
         if not per[s]:
             problems.append(f"the {s} split has no rows")
-        elif s != "train" and per[s] - per["train"]:
+        elif s != "train" and per[s] - per["train"] and not regression:
             problems.append(f"label value(s) {sorted(per[s] - per['train'])} are in {s} but in no training row")
     if problems:
         raise InputError(f"{raw_path}: cannot split: {'; '.join(problems)}; add rows of those classes, or "
                          f"change clean.split (fractions or seed)")
-    return _sorted_classes(kept)
+    return [] if regression else _sorted_classes(kept)
 
 
 def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: list[str], params: Clean
@@ -168,9 +170,13 @@ def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: 
     numeric = [fitted[f.name][0] for f in fields if kind_of(f, text) == "number"]
     categorical = [fitted[f.name][0] for f in fields if kind_of(f, text) != "number"]
     t = {"numeric": tf.finish_scaling(numeric, params), "categorical": categorical,
-         "label_column": label, "classes": classes, "text_column": text, "text": params.text.model_dump(),
+         "label_column": label, "classes": classes, "task": manifest.get("task", "classification"),
+         "text_column": text, "text": params.text.model_dump(),
          "image_shape": manifest.get("image_shape"), "data_version": manifest.get("version")}
     t["features"] = tf.feature_names(t)
+    if t["task"] == "regression":  # the model learns the standardised target; evaluate scales it back
+        y = tf._numeric(raw.column(label).filter(mask))
+        t["target"] = {"center": float(np.nanmean(y)), "scale": float(np.nanstd(y)) or 1.0}
     missing = {name: m for name, (_, m) in fitted.items() if m}
     return t, {"missing_values_filled": sum(missing.values()), "missing_by_column": missing}
 
@@ -178,13 +184,14 @@ def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: 
 def write_clean(raw: Raw, t: dict, keep: np.ndarray, split: np.ndarray, out_path: Path, batch_rows: int) -> None:
     """Pass 3: transform every kept row, batch by batch, into the clean table; the next batch is
     transformed while this one is written."""
-    schema = model_schema(t["features"], t["image_shape"], t["text_column"], flags=set(tf.flag_names(t)))
+    schema = model_schema(t["features"], t["image_shape"], t["text_column"], flags=set(tf.flag_names(t)),
+                          regression=t["task"] == "regression")
     split_names = pa.array(SPLITS)
 
     def transform(start: int, batch: pa.RecordBatch) -> pa.RecordBatch:
         m = keep[start:start + batch.num_rows]
         arrays, text = tf.apply(batch, t, rows=m)
-        y = tf.label_codes(batch.column(t["label_column"]), t["classes"])[m]
+        y = tf.label_values(batch.column(t["label_column"]), t)[m]
         cols = arrays + ([text] if text is not None else [])
         cols += [pa.array(y), split_names.take(pa.array(split[start:start + len(m)][m]))]
         return pa.RecordBatch.from_arrays(cols, schema=schema)
@@ -207,7 +214,8 @@ def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, tr
                 raise InputError(f"{raw_path}: does not match the hash in {manifest_path}; rerun ingest")
     raw = Raw(raw_path, manifest)
     keep, split, report = select(scanned, params, raw_path)
-    classes = check_split_labels(scanned["labels"], keep, split, raw_path)
+    regression = manifest.get("task") == "regression"
+    classes = check_split_labels(scanned["labels"], keep, split, raw_path, regression)
     pa.default_memory_pool().release_unused()  # each pass starts from what the data needs, not the last peak
     t, filled = fit(raw, manifest, keep, keep & (split == 0), classes, params)
     pa.default_memory_pool().release_unused()

@@ -46,13 +46,13 @@ def _row_examples(mask: pa.ChunkedArray | np.ndarray, col: pa.ChunkedArray, n: i
     return [f"row {i + 1}: {col[int(i)].as_py()!r}" for i in idx]
 
 
-def profile(table: pa.Table, label: str, text_column: str | None) -> dict:
-    """Per-column statistics and label counts of one data version (JSON-ready)."""
+def profile(table: pa.Table, label: str, text_column: str | None, regression: bool = False) -> dict:
+    """Per-column statistics and label counts (a regression target: its statistics) of one data version."""
     cols = {}
     for field in table.schema:
         col, kind = table[field.name], kind_of(field, text_column)
         entry = {"kind": kind, "type": str(field.type), "missing": int(pc.sum(missing_mask(col)).as_py() or 0)}
-        if kind == "number" and field.name != label:
+        if kind == "number" and (field.name != label or regression):
             values = pc.cast(col, pa.float64()).filter(pc.invert(missing_mask(col)))
             if len(values):
                 mm = pc.min_max(values).as_py()
@@ -64,7 +64,7 @@ def profile(table: pa.Table, label: str, text_column: str | None) -> dict:
             entry |= {"distinct": len(counts), "top": {str(c["values"]): c["counts"] for c in counts[:TOP_VALUES]}}
         cols[field.name] = entry
     labels = {}
-    if label in table.column_names:
+    if label in table.column_names and not regression:
         labels = {str(c["values"]): c["counts"] for c in pc.value_counts(table[label].drop_null()).to_pylist()}
     return {"rows": table.num_rows, "columns": cols, "labels": dict(sorted(labels.items()))}
 
@@ -192,8 +192,19 @@ def check(table: pa.Table, contract: Contract, params: Ingest) -> list[dict]:
         out += _check_column(field.name, table[field.name], field, contract.columns.get(field.name), contract,
                              text, table.num_rows)
     if label in names and not any(v["column"] == label and v["check"] == "type" for v in out):
-        out += _check_labels(table, label, contract)
+        out += _check_target(table, label) if params.task == "regression" else _check_labels(table, label, contract)
     return out
+
+
+def _check_target(table: pa.Table, label: str) -> list[dict]:
+    """A regression target: numbers, some of them present (class balance means nothing here)."""
+    col = table[label]
+    if kind_of(table.schema.field(label), None) != "number":
+        return [violation("type", label, table.num_rows, f"ingest.task is regression, so the label must hold "
+                          f"numbers; it holds {col.type}", _row_examples(pc.is_valid(col), col, 3))]
+    if pc.sum(pc.invert(missing_mask(col))).as_py() in (0, None):
+        return [violation("labels", label, table.num_rows, "no row has a target value")]
+    return []
 
 
 def drift(previous: dict | None, current: dict, limits: Drift) -> dict:
@@ -246,8 +257,12 @@ def check_model_table(table: pa.Table, path: Path, n_classes: int | None = None)
         lo, hi = pc.min_max(labels).as_py().values()
         if lo < 0 or hi >= n_classes:
             problems.append(f"labels outside 0..{n_classes - 1} (found {lo}..{hi})")
+    if pa.types.is_floating(labels.type):  # a regression target: finite, nothing more to say
+        bad = len(labels) - int(pc.sum(pc.is_finite(labels)).as_py() or 0)
+        if bad:
+            problems.append(f"{bad} non-finite target value(s)")
     splits = set(pc.unique(table[SPLIT]).to_pylist()) if SPLIT in table.column_names else set()
-    if "train" in splits:  # the whole clean table: every held-out label must be learnable
+    if "train" in splits and n_classes is not None:  # the whole clean table: every held-out label is learnable
         seen = {s: set(pc.unique(labels.filter(pc.equal(table[SPLIT], s))).to_pylist()) for s in splits}
         for s in sorted(splits - {"train"}):
             unseen = sorted(seen[s] - seen["train"])

@@ -63,22 +63,58 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_loss.legend()
-    ax_acc.plot(epochs, [h["val_accuracy"] for h in history], color="tab:green")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
+    metric = "val_accuracy" if "val_accuracy" in history[0] else "val_mae"
+    ax_acc.plot(epochs, [h[metric] for h in history], color="tab:green")
+    ax_acc.set(xlabel="epoch", ylabel=metric[4:], title=f"Validation {metric[4:]}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+@torch.no_grad()
+def evaluate_regression(model, x: np.ndarray, y: np.ndarray, t: dict, params: Evaluate, confusion_path: Path,
+                        figures: Path) -> dict:
+    """MAE, RMSE and R² in the target's own units; the confusion plot is one of deciles: which tenth of the
+    test targets each prediction falls in, against the tenth the actual value is in."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    c, s = t["target"]["center"], t["target"]["scale"]
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    pred = torch.cat([model(b).squeeze(-1) for b in xt.split(params.batch_size)]).numpy() * s + c
+    actual = y.astype(np.float64) * s + c
+    metrics = {"mae": float(mean_absolute_error(actual, pred)),
+               "rmse": float(mean_squared_error(actual, pred) ** 0.5), "r2": float(r2_score(actual, pred)),
+               "test_rows": int(len(y))}
+    edges = np.quantile(actual, np.linspace(0, 1, 11)[1:-1])
+    tenth = lambda v: [f"d{k + 1:02d}" for k in np.searchsorted(edges, v)]  # noqa: E731
+    write_json(confusion_path, [{"actual": a, "predicted": b} for a, b in zip(tenth(actual), tenth(pred))])
+    figures.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(actual, pred, s=8, alpha=0.6)
+    lo, hi = float(min(actual.min(), pred.min())), float(max(actual.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="gray", linewidth=1)
+    ax.set(xlabel="actual", ylabel="predicted", title=f"Test predictions (R² {metrics['r2']:.3f})")
+    fig.tight_layout()
+    fig.savefig(figures / CONFUSION_PNG, dpi=110)
+    plt.close(fig)
+    return metrics
 
 
 def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path: Path,
              history_path: Path, metrics_path: Path, confusion_path: Path, figures: Path) -> dict:
     model = load_model(model_path)
     table = read_model_table(test_path)
-    classes = [str(c) for c in read_json(transform_path, "clean transform")["classes"]]
+    t = read_json(transform_path, "clean transform")
     x = np.column_stack([table[c].to_numpy() for c in feature_names(table.schema)])
     y = table[LABEL].to_numpy()
+    if t.get("task") == "regression":
+        metrics = evaluate_regression(model, x, y, t, params, confusion_path, figures)
+        write_json(metrics_path, metrics)
+        plot_curves(read_json(history_path, "training history"), figures / CURVES_PNG)
+        return metrics
+    classes = [str(c) for c in t["classes"]]
     pred = predict(model, x, params.batch_size)
 
     labels = list(range(len(classes)))
@@ -108,8 +144,9 @@ def main() -> None:
         p = load_params()
         m = evaluate(p.evaluate, p.paths.model, p.paths.splits / "test.parquet", p.paths.transform,
                      p.paths.train_history, p.paths.metrics, p.paths.confusion, p.paths.figures)
-        print(f"evaluate: test accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f} "
-              f"on {m['test_rows']} rows -> {p.paths.metrics}")
+        shown = ["accuracy", "f1_macro"] if "accuracy" in m else ["mae", "rmse", "r2"]
+        print(f"evaluate: test {', '.join(f'{k} {m[k]:.4f}' for k in shown)} on {m['test_rows']} rows "
+              f"-> {p.paths.metrics}")
 
     run_main(body)
 

@@ -3,6 +3,7 @@
     python -m tasks.example_data images data/sources/digits_png   # PNG folders, one per class
     python -m tasks.example_data table data/sources/wine.csv       # numbers, categories, gaps
     python -m tasks.example_data text data/sources/docs.csv        # a text column and a label
+    python -m tasks.example_data regression data/sources/diabetes.csv  # a numeric target
 
 - images: the UCI digits that scikit-learn ships, written as 8x8 grayscale
   PNG files (0-16 stretched to 0-255) in one folder per digit;
@@ -12,6 +13,9 @@
 - text: the first paragraph of the docstrings of Python's own standard
   library, labelled by the area of the module it documents (text, files,
   network, math): real sentences, no download.
+- regression: the diabetes study that scikit-learn ships (Efron et al., 2004):
+  age, sex, body-mass index, blood pressure and six blood serum measurements
+  of 442 patients, and a measure of disease progression one year later.
 """
 
 from __future__ import annotations
@@ -105,8 +109,19 @@ def text(dest: Path, per_area: int = 250) -> int:
     return len(rows)
 
 
+def regression(dest: Path) -> int:
+    features = [row[0].split() for row in _sklearn_csv("diabetes_data_raw.csv.gz")]
+    target = [float(row[0]) for row in _sklearn_csv("diabetes_target.csv.gz")]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["age", "sex", "bmi", "blood_pressure", "s1", "s2", "s3", "s4", "s5", "s6", "progression"])
+        w.writerows(row + [f"{y:g}"] for row, y in zip(features, target))
+    return len(target)
+
+
 def main() -> None:
-    makers = {"images": images, "table": table, "text": text}
+    makers = {"images": images, "table": table, "text": text, "regression": regression}
     if len(sys.argv) != 3 or sys.argv[1] not in makers:
         sys.exit(f"usage: python -m tasks.example_data {{{','.join(makers)}}} DEST")
     n = makers[sys.argv[1]](Path(sys.argv[2]))

@@ -53,7 +53,7 @@ def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Pa
     source = read_source(params, log)
     table = _plain(source.table)
     violations = dc.check(table, contract, params)
-    prof = dc.profile(table, params.label_column, params.text_column) if not any(
+    prof = dc.profile(table, params.label_column, params.text_column, params.task == "regression") if not any(
         v["check"] in ("columns", "type") for v in violations) else None
     old_manifest, old_report = _previous(manifest_path, report_path)
     report = {"source": params.source, "source_sha256": source.sha256, "rows": table.num_rows,
@@ -78,7 +78,7 @@ def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Pa
     prof["version"] = digest[:16]
     manifest = {
         "version": digest[:16], "sha256": digest, "source": params.source, "source_sha256": source.sha256,
-        "files": source.files, "rows": table.num_rows, "label_column": params.label_column,
+        "files": source.files, "rows": table.num_rows, "label_column": params.label_column, "task": params.task,
         "text_column": params.text_column,
         "image_shape": list(params.image_shape) if params.image_shape else None,
         "schema": {f.name: str(f.type) for f in table.schema}, "profile": prof,

@@ -57,7 +57,9 @@ class Ingest(Section):
     header: bool = Field(True, description="CSV only: first row holds column names")
     delimiter: str = Field(",", min_length=1, max_length=1, description="CSV only")
     encoding: str = Field("utf8", description="CSV only: text encoding of the file, e.g. latin-1")
-    label_column: str = Field("label", description="column with the class label")
+    label_column: str = Field("label", description="column with the class label, or the target value")
+    task: Literal["classification", "regression"] = Field("classification", description="classes, or a "
+                                                           "numeric target (then train.loss: mse or mae)")
     text_column: str | None = Field(None, description="a free-text column: normalised by clean, "
                                     "tokenized by augment")
     image_shape: tuple[int, int] | None = Field(
@@ -282,7 +284,7 @@ class Train(Section):
     rnn: RNN = RNN()
     transformer: Transformer = Transformer()
     loss: Literal["cross_entropy", "mse", "mae"] = Field("cross_entropy", description="mse and mae train a "
-                                                         "regression on a numeric label (clean.task: regression)")
+                                                         "regression on a numeric label (ingest.task: regression)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross_entropy only")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1, description="per process (DeepSpeed micro batch)")
@@ -339,6 +341,13 @@ class Params(Section):
     def _cnn_needs_image(self) -> Params:
         if self.train.model == "cnn" and self.ingest.image_shape is None:
             raise ValueError("train.model is 'cnn' but ingest.image_shape is not set")
+        regression = self.ingest.task == "regression"
+        if regression != (self.train.loss in ("mse", "mae")):
+            raise ValueError(f"train.loss {self.train.loss!r} does not fit ingest.task {self.ingest.task!r}: "
+                             f"classification trains with cross_entropy, regression with mse or mae")
+        if regression and self.train.early_stopping.metric in ("val_accuracy", "val_f1"):
+            raise ValueError(f"train.early_stopping.metric {self.train.early_stopping.metric!r} is a "
+                             f"classification metric; a regression has val_loss, val_mae and val_rmse")
         if self.ingest.format == "images" and self.ingest.image_shape is None:
             raise ValueError("ingest.format is 'images': set ingest.image_shape to the images' [height, width]")
         return self

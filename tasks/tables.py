@@ -107,13 +107,15 @@ def read_table(path: Path) -> pa.Table:
 
 
 def model_schema(features: list[str], image_shape: tuple[int, int] | None, text_column: str | None = None,
-                 flags: Collection[str] = (), token_vocab: int = 0) -> pa.Schema:
-    """The schema of every table from clean on: float32 features, [normalised text,] int64 label, split.
+                 flags: Collection[str] = (), token_vocab: int = 0, regression: bool = False) -> pa.Schema:
+    """The schema of every table from clean on: float32 features, [normalised text,] label (int64 class, or
+    float32 target), split.
     Features named in `flags` (one-hot columns of the clean table) are booleans: a bit, not four bytes."""
     fields = [pa.field(name, pa.bool_() if name in flags else pa.float32(), nullable=False) for name in features]
     if text_column:
         fields.append(pa.field(text_column, pa.string(), nullable=False))
-    fields += [pa.field(LABEL, pa.int64(), nullable=False), pa.field(SPLIT, pa.string(), nullable=False)]
+    label = pa.float32() if regression else pa.int64()  # a standardised target, or a class index
+    fields += [pa.field(LABEL, label, nullable=False), pa.field(SPLIT, pa.string(), nullable=False)]
     meta = {IMAGE_SHAPE_KEY: json.dumps(list(image_shape) if image_shape else None).encode(),
             TEXT_COLUMN_KEY: json.dumps(text_column).encode(), TOKENS_KEY: str(token_vocab).encode()}
     return pa.schema(fields, metadata=meta)
@@ -121,6 +123,10 @@ def model_schema(features: list[str], image_shape: tuple[int, int] | None, text_
 
 def text_column_of(schema: pa.Schema) -> str | None:
     return json.loads((schema.metadata or {}).get(TEXT_COLUMN_KEY, b"null"))
+
+
+def is_regression(schema: pa.Schema) -> bool:
+    return LABEL in schema.names and pa.types.is_floating(schema.field(LABEL).type)
 
 
 def tokens_of(schema: pa.Schema) -> int:
@@ -141,7 +147,7 @@ def read_model_table(path: Path) -> pa.Table:
     table = read_table(path)
     flags = [f.name for f in table.schema if pa.types.is_boolean(f.type)]
     expected = model_schema(feature_names(table.schema), image_shape_of(table.schema), text_column_of(table.schema),
-                            flags, tokens_of(table.schema))
+                            flags, tokens_of(table.schema), is_regression(table.schema))
     if not table.schema.equals(expected, check_metadata=False):
         diff = [
             f"{f.name}: expected {f.type}{'' if f.nullable else ' not null'}"

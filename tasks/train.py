@@ -44,6 +44,7 @@ from tasks.tables import (
     atomic_path,
     feature_names,
     image_shape_of,
+    is_regression,
     read_json,
     read_model_table,
     sha256_file,
@@ -134,22 +135,34 @@ def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
     return sum(p.abs().sum() for name, p in model.named_parameters() if p.dim() > 1 and name.endswith("weight"))
 
 
+def loss_fn(out: torch.Tensor, y: torch.Tensor, params: Train) -> torch.Tensor:
+    """Cross-entropy over class logits, or MSE / MAE of the one output against the standardised target."""
+    if params.loss == "cross_entropy":
+        return F.cross_entropy(out, y, label_smoothing=params.label_smoothing)
+    return (F.mse_loss if params.loss == "mse" else F.l1_loss)(out.squeeze(-1), y)
+
+
 @torch.no_grad()
-def evaluate_split(engine, x: torch.Tensor, y: torch.Tensor, dtype) -> dict:
+def evaluate_split(engine, x: torch.Tensor, y: torch.Tensor, dtype, params: Train) -> dict:
     from sklearn.metrics import f1_score
 
     engine.eval()
-    logits = torch.cat([engine(xb.to(engine.device, dtype)).float().cpu() for xb in x.split(1024)])
+    out = torch.cat([engine(xb.to(engine.device, dtype)).float().cpu() for xb in x.split(1024)])
     engine.train()
-    pred = logits.argmax(1)
-    return {"val_loss": F.cross_entropy(logits, y).item(), "val_accuracy": (pred == y).float().mean().item(),
+    if params.loss != "cross_entropy":  # regression, in standardised target units
+        err = out.squeeze(-1) - y
+        return {"val_loss": loss_fn(out, y, params).item(), "val_mae": err.abs().mean().item(),
+                "val_rmse": err.pow(2).mean().sqrt().item()}
+    pred = out.argmax(1)
+    return {"val_loss": F.cross_entropy(out, y).item(), "val_accuracy": (pred == y).float().mean().item(),
             "val_f1": float(f1_score(y.numpy(), pred.numpy(), average="macro", zero_division=0))}
 
 
 def improved(value: float, best: float | None, metric: str, min_delta: float) -> bool:
     if best is None:
         return True
-    return value < best - min_delta if "loss" in metric or "mae" in metric else value > best + min_delta
+    lower_is_better = any(k in metric for k in ("loss", "mae", "rmse"))
+    return value < best - min_delta if lower_is_better else value > best + min_delta
 
 
 class Preemption:
@@ -218,8 +231,8 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
         torch.use_deterministic_algorithms(True)
     x_train, y_train, schema = load_split(splits / "train.parquet")
     x_val, y_val, _ = load_split(splits / "val.parquet")
-    n_classes = int(max(y_train.max(), y_val.max())) + 1
-    mcfg = model_config(params, schema, x_train.shape[1], n_classes)
+    n_outputs = 1 if is_regression(schema) else int(max(y_train.max(), y_val.max())) + 1
+    mcfg = model_config(params, schema, x_train.shape[1], n_outputs)
     batches_per_epoch = len(x_train) // world // params.batch_size
     steps_per_epoch = max(batches_per_epoch // params.grad_accum, 1)
     cfg = ds_config(params, world, steps_per_epoch * params.epochs)
@@ -276,7 +289,7 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
         for b in range(state["batch"], len(order)):
             idx = order[b]
             out = engine(x_train[idx].to(engine.device, dtype)).float()
-            loss = F.cross_entropy(out, y_train[idx].to(engine.device), label_smoothing=params.label_smoothing)
+            loss = loss_fn(out, y_train[idx].to(engine.device), params)
             if params.optimizer.l1:
                 loss = loss + params.optimizer.l1 * l1_penalty(engine.module)
             engine.backward(loss)
@@ -304,7 +317,7 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
 
         totals = torch.tensor([loop["loss_sum"], loop["loss_n"]], dtype=torch.float64)
         dist.all_reduce(totals)
-        metrics = [evaluate_split(engine, x_val, y_val, dtype)]
+        metrics = [evaluate_split(engine, x_val, y_val, dtype, params)]
         # rank 0's figures decide for all: BatchNorm's running statistics are each rank's own (DeepSpeed does
         # not average them), and rank 0's are the ones its checkpoint and the model file keep
         dist.broadcast_object_list(metrics, src=0)
@@ -426,11 +439,16 @@ def precheck(p: Params) -> None:
     """Everything that can be checked before any process starts or time is spent."""
     from tasks.contract import check_model_table
 
-    n_classes = len(read_json(p.paths.transform, "clean transform")["classes"])
+    t = read_json(p.paths.transform, "clean transform")
+    regression = t.get("task") == "regression"
+    n_classes = None if regression else len(t["classes"])
     tables = {s: read_model_table(p.paths.splits / f"{s}.parquet") for s in ("train", "val")}
     for s, table in tables.items():  # the boundary before any rank starts: finite features, known labels
         check_model_table(table, p.paths.splits / f"{s}.parquet", n_classes)
-    val_only = set(tables["val"][LABEL].to_pylist()) - set(tables["train"][LABEL].to_pylist())
+    if regression != (p.train.loss != "cross_entropy"):
+        raise InputError(f"train.loss {p.train.loss!r} does not fit the data, prepared for "
+                         f"{'regression' if regression else 'classification'} (ingest.task); rerun from ingest")
+    val_only = set() if regression else set(tables["val"][LABEL].to_pylist()) - set(tables["train"][LABEL].to_pylist())
     if val_only:
         raise InputError(f"{p.paths.splits}: label(s) {sorted(val_only)} in val.parquet but not in train.parquet")
     train_rows = tables["train"].num_rows

@@ -185,6 +185,13 @@ def apply(batch: pa.RecordBatch | pa.Table, t: dict, rows: np.ndarray | None = N
     return arrays, text
 
 
+def label_values(values: pa.Array | pa.ChunkedArray, t: dict) -> np.ndarray:
+    """What the model learns: class indices (int64), or the standardised target (float32) of a regression."""
+    if t.get("task") == "regression":
+        return ((_numeric(values) - t["target"]["center"]) / t["target"]["scale"]).astype(np.float32)
+    return label_codes(values, t["classes"])
+
+
 def label_codes(values: pa.Array | pa.ChunkedArray, classes: list) -> np.ndarray:
     """Class index of each label (classes in the order saved in the transform)."""
     return _codes(values, [str(c) for c in classes]).astype(np.int64)

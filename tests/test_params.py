@@ -64,3 +64,16 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [unclosed")
     with pytest.raises(InputError, match="not valid YAML"):
         load_params(tmp_path / "bad.yaml")
+
+
+def test_loss_must_fit_the_task(tmp_path):
+    params = shipped()
+    params["train"]["loss"] = "mse"  # the digits are classes
+    with pytest.raises(InputError, match=r"train\.loss 'mse' does not fit ingest\.task 'classification'"):
+        load_params(write(tmp_path, params))
+    params["ingest"] |= {"task": "regression", "image_shape": None}
+    params["train"] |= {"model": "mlp", "early_stopping": {"metric": "val_accuracy", "patience": 2}}
+    with pytest.raises(InputError, match=r"'val_accuracy' is a classification metric"):
+        load_params(write(tmp_path, params))
+    params["train"]["early_stopping"]["metric"] = "val_mae"
+    assert load_params(write(tmp_path, params)).ingest.task == "regression"

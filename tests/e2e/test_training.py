@@ -151,6 +151,14 @@ def test_sigterm_checkpoints_before_exit_and_the_rerun_resumes_from_it(prepared,
     assert record["reason"] == "preempted" and record["resumes_at"]["batch"] > 0, record  # mid-epoch
     assert "SIGTERM: checkpoint" in out
     assert not (repo / "model/model.safetensors").exists()  # an interrupted run registers nothing
+    # another number of processes cannot continue this run exactly: a clear error, nothing touched
+    set_params(repo, {"train.num_procs": 1})
+    other = train(repo, check=False)
+    assert other.returncode != 0
+    assert (f"{shown(repo, newest)}: an unfinished run of these params and data, written by 2 processes; this "
+            f"run has 1") in other.stdout + other.stderr
+    assert "Set train.num_procs: 2" in other.stdout + other.stderr and complete(repo)[-1] == newest
+    set_params(repo, {"train.num_procs": 2})
     rerun = train(repo).stdout
     assert f"resumed from {shown(repo, newest)}" in rerun
     assert_same_weights(weights(repo), reference["weights"])

@@ -55,11 +55,20 @@ def test_table_mixup_stays_within_a_class_and_noise_skips_one_hot_columns():
     x = np.hstack([rng.normal(size=(100, 2)), np.eye(2)[rng.integers(0, 2, 100)]]).astype(np.float32)
     y = np.repeat([0, 1], 50)
     x[:50, 0], x[50:, 0] = -10.0, 10.0  # the class shows in column 0
-    out = augment_table(x, y, 2, TableAug(noise_std=0.0, mixup_alpha=0.4), rng)
+    out, labels = augment_table(x, y, 2, TableAug(noise_std=0.0, mixup_alpha=0.4), rng)
     assert np.allclose(out[:50, 0], -10) and np.allclose(out[50:, 0], 10)  # mixing never crosses classes
-    assert not np.allclose(out[:, 1], x[:, 1])
-    noisy = augment_table(x, y, 2, TableAug(noise_std=0.5), rng)
+    assert not np.allclose(out[:, 1], x[:, 1]) and np.array_equal(labels, y)
+    noisy, _ = augment_table(x, y, 2, TableAug(noise_std=0.5), rng)
     assert np.array_equal(noisy[:, 2:], x[:, 2:]) and not np.allclose(noisy[:, :2], x[:, :2])
+
+
+def test_regression_mixup_mixes_targets_in_the_same_proportion():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    y = (2.0 * x[:, 0] - x[:, 1]).astype(np.float32)  # a target linear in the features
+    out, target = augment_table(x, y, 3, TableAug(noise_std=0.0, mixup_alpha=0.4), rng, regression=True)
+    assert not np.allclose(target, y)
+    np.testing.assert_allclose(target, 2.0 * out[:, 0] - out[:, 1], atol=1e-5)  # still on the same line
 
 
 def test_text_is_tokenized_with_a_tokenizer_trained_on_train_rows_only(tmp_path):

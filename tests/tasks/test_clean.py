@@ -173,3 +173,26 @@ def test_truncated_clean_table_is_named(staged):
     staged["clean"].write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=r"clean.arrow: not a readable Arrow file"):
         read_model_table(staged["clean"])
+
+
+def test_regression_target_is_standardised_on_training_rows(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=400)
+    target = 100.0 + 20.0 * x + rng.normal(size=400)
+    pq.write_table(pa.table({"x": x, "y": target}), tmp_path / "s.parquet")
+    run_ingest(tmp_path / "s.parquet", tmp_path, image_shape=None, label_column="y", task="regression",
+               contract=Contract(max_class_ratio=None))
+    run_clean(tmp_path)
+    t = json.loads((tmp_path / "transform.json").read_text())
+    assert t["task"] == "regression" and t["classes"] == []
+    table = read_model_table(tmp_path / "clean.arrow")
+    assert table.schema.field("label").type == pa.float32()
+    train = table.filter(pa.compute.equal(table["split"], "train"))["label"].to_numpy()
+    assert abs(train.mean()) < 1e-5 and abs(train.std() - 1.0) < 1e-4  # standardised with train's own moments
+    assert 95 < t["target"]["center"] < 105 and 15 < t["target"]["scale"] < 25
+
+
+def test_regression_refuses_a_text_target(tmp_path):
+    (tmp_path / "s.csv").write_text("x,y\n" + "".join(f"{i},{'high' if i % 2 else 'low'}\n" for i in range(120)))
+    with pytest.raises(InputError, match=r"column 'y': ingest\.task is regression, so the label must hold numbers"):
+        run_ingest(tmp_path / "s.csv", tmp_path, image_shape=None, label_column="y", task="regression")
