@@ -177,31 +177,42 @@ class Preemption:
 
 
 class Agreement:
-    """What all ranks must decide together after a step: stop for a SIGTERM, stop for a non-finite loss.
-    One small all-reduce per step agrees on it, run while the next step computes, since a blocking
-    collective per step costs a quarter of a small model's step on CPU ranks. So a decision lands one
-    step late, on every rank at the same step; settle() waits for it (before any checkpoint)."""
+    """What all ranks must decide together: stop for a SIGTERM, stop for a non-finite loss. A small
+    all-reduce agrees on it every `every` steps, run while the next steps compute (a blocking collective
+    per step costs a quarter of a small model's step on CPU ranks), and a blocking one before every
+    checkpoint (sync). So a decision lands a few steps late, on every rank at the same step."""
 
-    def __init__(self, preemption: Preemption, rank: int):
-        self.preemption, self.rank = preemption, rank
-        self.pending, self.flags, self.where = None, torch.zeros(2), ""
+    def __init__(self, preemption: Preemption, rank: int, every: int = 16):
+        self.preemption, self.rank, self.every = preemption, rank, every
+        self.pending, self.flags, self.steps = None, torch.zeros(2), 0
+        self.bad = ""  # where this rank first saw a non-finite loss
         self.stop = False  # a SIGTERM reached some rank: checkpoint at the next optimizer step, then exit
 
     def post(self, loss: float, where: str) -> None:
-        self.settle()
-        self.flags = torch.tensor([float(self.preemption.requested), float(not np.isfinite(loss))])
-        if not np.isfinite(loss):
-            self.where = f"the loss is {loss} at {where} on rank {self.rank}"
+        if not np.isfinite(loss) and not self.bad:
+            self.bad = f"the loss is {loss} at {where} on rank {self.rank}"
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self._start()
+
+    def sync(self) -> None:
+        """Agree on everything up to now (before a checkpoint, at the end of an epoch)."""
+        self._start()
+        self._settle()
+
+    def _start(self) -> None:
+        self._settle()
+        self.flags = torch.tensor([float(self.preemption.requested), float(bool(self.bad))])
         self.pending = torch.distributed.all_reduce(self.flags, op=torch.distributed.ReduceOp.MAX, async_op=True)
 
-    def settle(self) -> None:
+    def _settle(self) -> None:
         if self.pending is None:
             return
         self.pending.wait()
         self.pending = None
         self.stop = self.stop or bool(self.flags[0])
         if self.flags[1]:
-            raise NonFiniteLoss(f"train: {self.where or 'the loss is not finite on another rank'}; lower "
+            raise NonFiniteLoss(f"train: {self.bad or 'the loss is not finite on another rank'}; lower "
                                 f"train.optimizer.lr, set train.grad_clip, or check the data; the last good "
                                 f"checkpoint and model are kept")
 
@@ -302,16 +313,16 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
             agreed.post(value, f"epoch {epoch}, batch {b + 1}")
             boundary = (b + 1) % params.grad_accum == 0
             if agreed.stop and boundary:
-                agreed.settle()
+                agreed.sync()
                 tag = save("preempted")
                 if rank == 0:
                     print(f"train: SIGTERM: checkpoint {run_dir / tag} written; rerun to resume", flush=True)
                 return {"preempted": True}
             every = params.checkpoint.every_steps
             if every and boundary and engine.global_steps % every == 0 and b + 1 < len(order):
-                agreed.settle()
+                agreed.sync()
                 save("step")
-        agreed.settle()
+        agreed.sync()
         bar.close()
         seconds = time.perf_counter() - started  # the training steps of this epoch (this start's share)
 
