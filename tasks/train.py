@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -38,7 +37,7 @@ from tqdm import tqdm
 
 from tasks import checkpoints as ckpt
 from tasks.errors import InputError, run_main
-from tasks.params import Params, Train, load_params
+from tasks.params import Train, load_params
 from tasks.tables import (
     LABEL,
     atomic_path,
@@ -441,95 +440,11 @@ def _prune_other_runs(checkpoints: Path, keep: str) -> None:
             shutil.rmtree(d)
 
 
-def world_size(p: Train) -> int:
-    """How many ranks the launcher will start (see launcher_command)."""
-    return torch.cuda.device_count() if torch.cuda.is_available() else p.num_procs
-
-
-def precheck(p: Params) -> None:
-    """Everything that can be checked before any process starts or time is spent."""
-    from tasks.contract import check_model_table
-
-    t = read_json(p.paths.transform, "clean transform")
-    regression = t.get("task") == "regression"
-    n_classes = None if regression else len(t["classes"])
-    tables = {s: read_model_table(p.paths.splits / f"{s}.parquet") for s in ("train", "val")}
-    for s, table in tables.items():  # the boundary before any rank starts: finite features, known labels
-        check_model_table(table, p.paths.splits / f"{s}.parquet", n_classes)
-    if regression != (p.train.loss != "cross_entropy"):
-        raise InputError(f"train.loss {p.train.loss!r} does not fit the data, prepared for "
-                         f"{'regression' if regression else 'classification'} (ingest.task); rerun from ingest")
-    val_only = set() if regression else set(tables["val"][LABEL].to_pylist()) - set(tables["train"][LABEL].to_pylist())
-    if val_only:
-        raise InputError(f"{p.paths.splits}: label(s) {sorted(val_only)} in val.parquet but not in train.parquet")
-    train_rows = tables["train"].num_rows
-    problems, world = [], world_size(p.train)
-    if train_rows // world < p.train.batch_size:  # no whole batch at all
-        problems.append(f"train.batch_size {p.train.batch_size} is larger than the {train_rows // world} "
-                        f"training rows each of the {world} ranks gets")
-    if p.train.precision == "fp16" and not torch.cuda.is_available():
-        problems.append("train.precision: fp16 needs a GPU here; use fp32 or bf16 on the CPU")
-    if p.train.precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        problems.append("train.precision: bf16 is not supported by this GPU; use fp16 or fp32")
-    if p.train.model == "cnn" and image_shape_of(tables["train"].schema) is None:
-        problems.append("train.model: cnn needs images (set ingest.image_shape)")
-    if p.train.deepspeed_config:
-        read_json(p.train.deepspeed_config, "train.deepspeed_config")  # exists and parses
-    if problems:
-        raise InputError("; ".join(problems))
-
-
-def launcher_command(p: Train, env: dict | None = None) -> list[str]:
-    """DeepSpeed's launcher: every visible GPU, else `num_procs` CPU ranks; with train.hostfile, the hosts
-    it lists: started over ssh from node 0, or, where NODE_RANK is set, by one launcher on each node."""
-    env = os.environ if env is None else env
-    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", f"--master_port={p.master_port}"]
-    if p.hostfile:
-        cmd += [f"--hostfile={p.hostfile}", f"--master_addr={p.master_addr}"]
-        if "NODE_RANK" in env:
-            cmd += ["--no_ssh", f"--node_rank={env['NODE_RANK']}"]
-    elif not torch.cuda.is_available():
-        cmd.append(f"--num_gpus={p.num_procs}")
-    return cmd + ["--no_local_rank", "--module", "tasks.train"]
-
-
-def threads_per_rank(p: Train) -> dict:
-    """CPU ranks share the cores (torchrun's rule): each gets cores / ranks threads, unless the user chose;
-    more threads than cores would have the ranks fight over them."""
-    if "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
-        return {}
-    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // p.num_procs))}
-
-
-def launch(cmd: list[str], env: dict) -> int:
-    """Run the launcher; a SIGTERM or SIGINT here is passed on to every rank (which checkpoint, then exit)
-    and this process waits for them: DeepSpeed's single-node runner would die and leave them running."""
-    import psutil
-
-    proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONUNBUFFERED": "1"} | env)
-    signalled: list[psutil.Process] = []
-
-    def forward(signum, frame):
-        children = psutil.Process(proc.pid).children(recursive=True)
-        signalled.extend(children)
-        for child in children:
-            try:
-                child.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    code = proc.wait()
-    if not signalled:
-        return code
-    psutil.wait_procs(signalled, timeout=120)  # the ranks finish their checkpoint before this stage ends
-    return PREEMPTED
-
-
 def main() -> None:
     p = run_main(load_params)
     if "LOCAL_RANK" not in os.environ:  # the DVC side: check, then start the ranks
+        from tasks.launch import launch, launcher_command, precheck, threads_per_rank
+
         run_main(lambda: precheck(p))
         sys.exit(launch(launcher_command(p.train), threads_per_rank(p.train)))
 

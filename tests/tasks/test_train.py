@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tasks.errors import InputError
+from tasks.launch import launcher_command, precheck, threads_per_rank
 from tasks.params import Train
-from tasks.train import ds_config, epoch_order, launcher_command, precheck
+from tasks.train import ds_config, epoch_order
 from tests.conftest import ROOT
 
 
@@ -71,6 +72,26 @@ def test_launcher_uses_every_gpu_else_cpu_ranks(monkeypatch, gpu):
     # with GPUs the launcher's default is every visible one; without, num_procs CPU ranks
     assert ("--num_gpus=3" in cmd) is not gpu
     assert cmd[-2:] == ["--module", "tasks.train"]
+
+
+def test_several_nodes_through_a_hostfile_with_or_without_ssh(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    p = Train(hostfile="hostfile", master_addr="10.0.0.1", master_port=29999)
+    over_ssh = launcher_command(p, env={})
+    assert "--hostfile=hostfile" in over_ssh and "--master_addr=10.0.0.1" in over_ssh
+    assert "--no_ssh" not in over_ssh and not any(a.startswith("--num_gpus") for a in over_ssh)
+    per_node = launcher_command(p, env={"NODE_RANK": "1"})
+    assert {"--no_ssh", "--node_rank=1"} <= set(per_node)
+
+
+def test_cpu_ranks_share_the_cores(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert threads_per_rank(Train(num_procs=2)) == {"OMP_NUM_THREADS": "4"}
+    assert threads_per_rank(Train(num_procs=16)) == {"OMP_NUM_THREADS": "1"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+    assert threads_per_rank(Train(num_procs=2)) == {}
 
 
 def test_precheck_refuses_a_batch_larger_than_a_ranks_share(staged, tmp_path):
