@@ -53,6 +53,11 @@ def precheck(p: Params) -> None:
         problems.append("train.precision: fp16 needs a GPU here; use fp32 or bf16 on the CPU")
     if p.train.precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         problems.append("train.precision: bf16 is not supported by this GPU; use fp16 or fp32")
+    norm = getattr(p.train, p.train.model).model_dump().get("norm")
+    if p.train.precision == "bf16" and not torch.cuda.is_available() and norm == "batch":
+        problems.append(f"train.precision: bf16 on CPU ranks fails in BatchNorm (DeepSpeed keeps its statistics "
+                        f"in fp32, which the CPU kernel refuses); set train.{p.train.model}.norm: layer or none, "
+                        f"or train in fp32")
     if p.train.model == "cnn" and image_shape_of(tables["train"].schema) is None:
         problems.append("train.model: cnn needs images (set ingest.image_shape)")
     if p.train.deepspeed_config:

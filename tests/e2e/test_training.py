@@ -212,3 +212,13 @@ def test_two_launchers_as_two_nodes_train_like_one_launcher_with_two_ranks(prepa
     assert node1.returncode == 0, out1
     assert "dist_world_size=2" in node0.stdout + node0.stderr
     assert_same_weights(weights(repo), reference["weights"])
+
+
+def test_bf16_on_cpu_ranks_learns(prepared, tmp_path):
+    repo = fresh(prepared, tmp_path / "repo", 29777, **{"train.precision": "bf16", "train.epochs": 2,
+                                                         "train.mlp": {"hidden": [128, 64], "norm": "layer"}})
+    train(repo)
+    assert json.loads((run_dir(repo) / "ds_config.json").read_text())["bf16"]["enabled"] is True
+    history = json.loads((repo / "reports/train_history.json").read_text())
+    assert history[-1]["val_accuracy"] > 0.8  # ten classes: chance is 0.1
+    assert all(t.dtype == torch.float32 for t in weights(repo).values())  # the model file is fp32 whatever trained

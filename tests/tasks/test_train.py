@@ -132,3 +132,20 @@ def test_precheck_refuses_non_finite_features(staged, tmp_path):
                                                                  "transform": staged["transform"]})})
     with pytest.raises(InputError, match=r"train\.parquet: fails the pipeline's checks: column 'a': \d+ non-finite"):
         precheck(p)
+
+
+def test_precheck_refuses_bf16_batch_norm_on_cpu_ranks(staged, tmp_path, monkeypatch):
+    from tasks.augment import augment
+    from tasks.params import Augment, load_params
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    augment(Augment(copies=0), staged["clean"], staged["transform"], tmp_path)
+    p = load_params(ROOT / "params.yaml")
+    train = p.train.model_copy(update={"precision": "bf16", "batch_size": 4, "model": "mlp"})
+    p = p.model_copy(update={"paths": p.paths.model_copy(update={"splits": tmp_path,
+                                                                 "transform": staged["transform"]}),
+                             "train": train})
+    with pytest.raises(InputError, match=r"bf16 on CPU ranks fails in BatchNorm .* set train\.mlp\.norm: layer"):
+        precheck(p)
+    layer = train.model_copy(update={"mlp": train.mlp.model_copy(update={"norm": "layer"})})
+    precheck(p.model_copy(update={"train": layer}))  # fine
