@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
+from safetensors.torch import load_file, safe_open, save_file
 
 from tasks.tables import atomic_path, sha256_file
 
@@ -106,26 +105,26 @@ def prune(run_dir: Path, keep_last: int, keep: set[str]) -> list[str]:
 
 def save_rank_state(tag_dir: Path, rank: int, loop: dict) -> None:
     """This rank's own state: its random generators (dropout masks) and its loop counters (partial
-    loss sums), which DeepSpeed's client_state cannot hold since rank 0 alone writes that."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-             "loop": loop}
+    loss sums), which DeepSpeed's client_state cannot hold since rank 0 alone writes that. A
+    safetensors file (the generators as byte tensors, the counters as JSON metadata): nothing to unpickle."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     tag_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(tag_dir / f"rank{rank}.pt") as tmp:
-        torch.save(state, tmp)
+    with atomic_path(tag_dir / f"rank{rank}.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"loop": json.dumps(loop)})
 
 
 def load_rank_state(tag_dir: Path, rank: int) -> dict:
     """Restore this rank's generators; returns its loop counters."""
-    # our own file, checked against complete.json first; numpy's generator state needs the full unpickler
-    state = torch.load(tag_dir / f"rank{rank}.pt", weights_only=False)
+    path = tag_dir / f"rank{rank}.safetensors"
+    state = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        loop = json.loads(f.metadata()["loop"])
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-    return state["loop"]
+    return loop
 
 
 def fingerprint(*parts: bytes | str) -> str:

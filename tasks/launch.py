@@ -14,17 +14,33 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
+from models import build
+from tasks import checkpoints as ckpt
 from tasks.errors import InputError
 from tasks.params import Params, Train
-from tasks.tables import LABEL, image_shape_of, read_json, read_model_table
-from tasks.train import PREEMPTED
+from tasks.tables import LABEL, feature_names, image_shape_of, read_json, read_model_table, tokens_of
+from tasks.train import PREEMPTED, ds_config, fingerprint, model_config
 
 
 def world_size(p: Train) -> int:
-    """How many ranks the launcher will start (see launcher_command)."""
+    """How many ranks the launcher will start (see launcher_command): the hostfile's slots, else every
+    visible GPU, else num_procs."""
+    if p.hostfile:
+        try:
+            lines = [line.split("#")[0].split() for line in p.hostfile.read_text().splitlines()]
+        except FileNotFoundError:  # DeepSpeed would quietly train on this machine alone
+            raise InputError(f"{p.hostfile}: train.hostfile not found") from None
+        try:
+            slots = [int(w[1].removeprefix("slots=")) for w in lines if w]
+        except (IndexError, ValueError):
+            slots = []
+        if not slots or any(n < 1 for n in slots):
+            raise InputError(f"{p.hostfile}: train.hostfile needs one 'host slots=N' line per machine")
+        return sum(slots)
     return torch.cuda.device_count() if torch.cuda.is_available() else p.num_procs
 
 
@@ -60,10 +76,39 @@ def precheck(p: Params) -> None:
                         f"or train in fp32")
     if p.train.model == "cnn" and image_shape_of(tables["train"].schema) is None:
         problems.append("train.model: cnn needs images (set ingest.image_shape)")
-    if p.train.deepspeed_config:
-        read_json(p.train.deepspeed_config, "train.deepspeed_config")  # exists and parses
+    if tokens_of(tables["train"].schema) and p.train.model not in ("rnn", "transformer"):
+        problems.append(f"train.model: {p.train.model} would read token ids as numbers; token sequences "
+                        f"(augment.text.representation: sequence) need rnn or transformer")
+    try:  # a shape that does not fit (seq_len, heads, image size) is named here, not in every rank
+        x_width = len(feature_names(tables["train"].schema))
+        build(p.train.model, model_config(p.train, tables["train"].schema, x_width, n_classes or 1))
+    except ValueError as e:
+        problems.append(f"train.{p.train.model}: {e}")
     if problems:
         raise InputError("; ".join(problems))
+    ds_config(p.train, world, 1)  # train.deepspeed_config: exists, parses, holds an object
+    refuse_other_world(p.paths.checkpoints, fingerprint(p.train, p.paths.splits), world, p.train.epochs)
+
+
+
+
+
+def refuse_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> None:
+    """An unfinished run of the same params and data with another number of processes is not silently
+    dropped: it cannot go on exactly with this many (each epoch's data order is cut into one shard per
+    process, and ZeRO splits the optimizer state the same way), so say how to resume it or start over."""
+    for other in sorted(checkpoints.glob(f"{fp}-w*")):
+        tag = ckpt.newest_complete(other, warn=lambda _: None)
+        if other.name == f"{fp}-w{world}" or tag is None:
+            continue
+        at = ckpt.record(other / tag)
+        if at["resumes_at"]["epoch"] <= epochs:  # unfinished
+            raise InputError(
+                f"{other / tag}: an unfinished run of these params and data, written by {at['world_size']} "
+                f"processes; this run has {world}. Each epoch's data order is cut into one shard per process and "
+                f"ZeRO splits the optimizer state the same way, so it cannot continue exactly with {world}. Set "
+                f"train.num_procs: {at['world_size']} (or use as many GPUs) to resume it, or delete {other} to "
+                f"train from scratch with {world}")
 
 
 def launcher_command(p: Train, env: dict | None = None) -> list[str]:

@@ -263,8 +263,9 @@ class Schedule(Section):
 
 
 class EarlyStopping(Section):
-    metric: str = Field("val_loss", description="a key of the per-epoch history: val_loss, val_accuracy, "
-                        "val_f1 (classification) or val_mae (regression)")
+    metric: Literal["val_loss", "val_accuracy", "val_f1", "val_mae", "val_rmse"] = Field(
+        "val_loss", description="val_loss, or val_accuracy / val_f1 (classification), val_mae / val_rmse "
+        "(regression)")
     patience: int = Field(0, ge=0, description="epochs without improvement before stopping; 0 never stops")
     min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
 
@@ -345,9 +346,12 @@ class Params(Section):
         if regression != (self.train.loss in ("mse", "mae")):
             raise ValueError(f"train.loss {self.train.loss!r} does not fit ingest.task {self.ingest.task!r}: "
                              f"classification trains with cross_entropy, regression with mse or mae")
-        if regression and self.train.early_stopping.metric in ("val_accuracy", "val_f1"):
-            raise ValueError(f"train.early_stopping.metric {self.train.early_stopping.metric!r} is a "
-                             f"classification metric; a regression has val_loss, val_mae and val_rmse")
+        metric = self.train.early_stopping.metric
+        if metric in (("val_accuracy", "val_f1") if regression else ("val_mae", "val_rmse")):
+            raise ValueError(f"train.early_stopping.metric {metric!r} is a "
+                             f"{'classification' if regression else 'regression'} metric; this "
+                             f"{self.ingest.task} has val_loss and " +
+                             ("val_mae, val_rmse" if regression else "val_accuracy, val_f1"))
         if self.ingest.format == "images" and self.ingest.image_shape is None:
             raise ValueError("ingest.format is 'images': set ingest.image_shape to the images' [height, width]")
         return self

@@ -98,7 +98,11 @@ def ds_config(params: Train, world_size: int, total_steps: int) -> dict:
     if opt.name == "sgd" and params.zero_stage:  # torch's SGD under ZeRO works, but DeepSpeed asks to be told
         config["zero_allow_untested_optimizer"] = True
     if params.deepspeed_config:
-        config = _merge(config, read_json(params.deepspeed_config, "train.deepspeed_config"))
+        override = read_json(params.deepspeed_config, "train.deepspeed_config")
+        if not isinstance(override, dict):
+            raise InputError(f"{params.deepspeed_config}: train.deepspeed_config must hold a JSON object of "
+                             f"DeepSpeed keys, not a {type(override).__name__}")
+        config = _merge(config, override)
     return config
 
 
@@ -130,7 +134,7 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int, batch: int
 
 
 def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
-    """Sum of |w| over weight matrices and kernels (not biases, norms or embeddings' padding row)."""
+    """Sum of |w| over weight matrices, kernels and embeddings (not biases or norms' scales)."""
     return sum(p.abs().sum() for name, p in model.named_parameters() if p.dim() > 1 and name.endswith("weight"))
 
 
@@ -218,7 +222,7 @@ class Agreement:
 
 def fingerprint(params: Train, splits: Path) -> str:
     """What a checkpoint must match to be resumed: the params that shape training, and the data."""
-    relevant = params.model_dump_json(exclude={"num_procs", "master_port", "checkpoint"})
+    relevant = params.model_dump_json(exclude={"num_procs", "master_port", "hostfile", "master_addr", "checkpoint"})
     return ckpt.fingerprint(relevant, *(sha256_file(splits / f"{s}.parquet") for s in ("train", "val")))
 
 
@@ -253,8 +257,6 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
 
     fp = fingerprint(params, splits)
     run_dir = checkpoints / f"{fp}-w{world}"  # data order and optimizer partitions follow the world size
-    if rank == 0:
-        refuse_other_world(checkpoints, fp, world, params.epochs)
     state = {"epoch": 1, "batch": 0, "history": [], "best": None, "best_tag": None, "bad_epochs": 0}
     loop = {"loss_sum": 0.0, "loss_n": 0}
     if rank == 0:
@@ -334,9 +336,7 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
         entry = {"epoch": epoch, "train_loss": totals[0].item() / max(totals[1].item(), 1.0), **metrics[0],
                  "lr": engine.get_lr()[0], "seconds": seconds}
         state["history"].append(entry)
-        es = params.early_stopping
-        if es.metric not in entry:
-            raise InputError(f"train.early_stopping.metric: {es.metric!r} is not one of {sorted(entry)}")
+        es = params.early_stopping  # its metric fits the task: checked with the params
         better = improved(entry[es.metric], state["best"], es.metric, es.min_delta)
         state["bad_epochs"] = 0 if better else state["bad_epochs"] + 1
         state["epoch"], state["batch"] = epoch + 1, 0
@@ -365,24 +365,6 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
     dist.barrier()
     return {"fingerprint": fp, "epochs_run": len(state["history"]), "best_checkpoint": best,
             "early_stopped": stop_early, "world_size": world}
-
-
-def refuse_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> None:
-    """An unfinished run of the same params and data with another number of processes is not silently
-    dropped: it cannot go on exactly with this many (each epoch's data order is cut into one shard per
-    process, and ZeRO splits the optimizer state the same way), so say how to resume it or start over."""
-    for other in sorted(checkpoints.glob(f"{fp}-w*")):
-        tag = ckpt.newest_complete(other, warn=lambda _: None)
-        if other.name == f"{fp}-w{world}" or tag is None:
-            continue
-        at = ckpt.record(other / tag)
-        if at["resumes_at"]["epoch"] <= epochs:  # unfinished
-            raise InputError(
-                f"{other / tag}: an unfinished run of these params and data, written by {at['world_size']} "
-                f"processes; this run has {world}. Each epoch's data order is cut into one shard per process and "
-                f"ZeRO splits the optimizer state the same way, so it cannot continue exactly with {world}. Set "
-                f"train.num_procs: {at['world_size']} (or use as many GPUs) to resume it, or delete {other} to "
-                f"train from scratch with {world}")
 
 
 def resume(engine, run_dir: Path, tag: str, rank: int) -> tuple[dict, dict]:

@@ -77,3 +77,13 @@ def test_loss_must_fit_the_task(tmp_path):
         load_params(write(tmp_path, params))
     params["train"]["early_stopping"]["metric"] = "val_mae"
     assert load_params(write(tmp_path, params)).ingest.task == "regression"
+
+
+def test_early_stopping_metric_is_a_known_one(tmp_path):
+    params = shipped()
+    params["train"]["early_stopping"]["metric"] = "val_acc"
+    with pytest.raises(InputError, match=r"train\.early_stopping\.metric: Input should be 'val_loss'"):
+        load_params(write(tmp_path, params))
+    params["train"]["early_stopping"]["metric"] = "val_mae"  # a regression metric, on classes
+    with pytest.raises(InputError, match=r"'val_mae' is a regression metric"):
+        load_params(write(tmp_path, params))

@@ -62,7 +62,7 @@ def test_dvc_repro_trains_evaluates_and_registers(repro_repo):
     assert json.loads((run_dir / latest / MARKER).read_text())["resumes_at"] == {"epoch": epochs + 1, "batch": 0}
     files = {f.name for f in (run_dir / latest).iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
-            "rank0.pt", "rank1.pt"} <= files
+            "rank0.safetensors", "rank1.safetensors"} <= files
     assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
     ds = json.loads((run_dir / "ds_config.json").read_text())  # derived from params.yaml's train section
     train = yaml.safe_load((repo / "params.yaml").read_text())["train"]

@@ -174,7 +174,7 @@ def test_non_finite_loss_stops_the_run_and_nothing_is_registered(prepared, tmp_p
     assert not (repo / "model/model.safetensors").exists()
     assert run(["git", "tag"], repo).stdout.strip() == ""  # no version registered
     for tag in complete(repo):  # whatever was checkpointed before the loss blew up is finite
-        state = torch.load(run_dir(repo) / tag / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+        state = torch.load(run_dir(repo) / tag / "mp_rank_00_model_states.pt", weights_only=True)["module"]
         assert all(torch.isfinite(v).all() for v in state.values())
 
 

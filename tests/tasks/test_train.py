@@ -149,3 +149,28 @@ def test_precheck_refuses_bf16_batch_norm_on_cpu_ranks(staged, tmp_path, monkeyp
         precheck(p)
     layer = train.model_copy(update={"mlp": train.mlp.model_copy(update={"norm": "layer"})})
     precheck(p.model_copy(update={"train": layer}))  # fine
+
+
+def test_precheck_names_bad_launch_and_model_settings(staged, tmp_path):
+    from tasks.augment import augment
+    from tasks.params import Augment, load_params
+
+    augment(Augment(copies=0), staged["clean"], staged["transform"], tmp_path)
+    p = load_params(ROOT / "params.yaml")
+    paths = p.paths.model_copy(update={"splits": tmp_path, "transform": staged["transform"],
+                                       "checkpoints": tmp_path / "ckpt"})
+
+    def check(**train):
+        precheck(p.model_copy(update={"paths": paths, "train": p.train.model_copy(update={"batch_size": 4, **train})}))
+
+    with pytest.raises(InputError, match=r"hostfile: train\.hostfile not found"):
+        check(hostfile=tmp_path / "hostfile")
+    (tmp_path / "hostfile").write_text("node-a\n")
+    with pytest.raises(InputError, match=r"needs one 'host slots=N' line per machine"):
+        check(hostfile=tmp_path / "hostfile")
+    rnn = p.train.rnn.model_copy(update={"seq_len": 3})  # 4 features (2x2 images) do not split in 3 steps
+    with pytest.raises(InputError, match=r"train\.rnn: 4 features do not split into 3 equal steps"):
+        check(model="rnn", rnn=rnn)
+    (tmp_path / "ds.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match=r"ds\.json: train\.deepspeed_config must hold a JSON object"):
+        check(model="mlp", deepspeed_config=tmp_path / "ds.json")
