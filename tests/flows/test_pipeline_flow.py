@@ -9,9 +9,10 @@ import time
 
 import pytest
 import yaml
-from prefect import flow
+from prefect import flow, task
 
-from flows.pipeline import StageFailed, ingest, run_dvc_stage, task
+from flows.pipeline import ingest
+from flows.stages import StageFailed, run_dvc_stage
 from tests.conftest import GIT_ENV
 
 

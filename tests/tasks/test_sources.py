@@ -220,29 +220,7 @@ def test_http_timeout_is_retried(tmp_path, serve):
     assert len(srv.gets) == 2 and m["rows"] == CSV_ROWS
 
 
-# --- s3 (moto server) -------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def s3(monkeypatch):
-    """(boto3 client, endpoint_url) of a moto S3 server on 127.0.0.1 with a bucket 'data'."""
-    pytest.importorskip("s3fs")
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                 "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="data")
-    yield client, endpoint
-    server.stop()
-
+# --- s3 (the moto server fixture `s3` is in tests/conftest.py) ---------------------------------------------------
 
 def test_s3_source_through_s3fs(tmp_path, s3):
     client, endpoint = s3

@@ -1,0 +1,126 @@
+"""What an unattended run leaves behind: a commit on a chosen branch, and the data on a DVC remote.
+
+    branch:    the run's dvc.lock, params.yaml and metrics, committed to a branch
+               of the worker's checkout (created from HEAD the first time)
+    overrides: {"train.epochs": 5}: params.yaml keys set for one run, checked by the
+               typed params first; the run's commit records them (dvc.lock holds
+               them too), and a second commit puts params.yaml back afterwards
+    push:      `dvc push` of data, checkpoints and model to a DVC remote (the
+               default remote, or a named one), and optionally `git push` of the
+               branch and the registry's tags, so that any registered version can
+               be restored elsewhere with `git clone` + `dvc pull`
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from tasks.errors import InputError
+from tasks.params import load_params
+
+PARAMS = "params.yaml"
+FALLBACK_AUTHOR = ("dagtrain", "dagtrain@localhost")  # for workers with no git identity
+
+
+def git(repo: Path, *args: str, check: bool = True) -> str:
+    res = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {repo}: {res.stderr.strip()}")
+    return res.stdout.strip()
+
+
+def dvc(repo: Path, *args: str) -> str:
+    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {repo}:\n{(res.stdout + res.stderr).strip()[-2000:]}")
+    return res.stdout.strip()
+
+
+def identity(repo: Path) -> list[str]:
+    """`git -c` options: git's own identity where one is configured, the pipeline's otherwise."""
+    name, email = git(repo, "config", "user.name", check=False), git(repo, "config", "user.email", check=False)
+    name, email = (name, email) if name and email else FALLBACK_AUTHOR
+    return ["-c", f"user.name={name}", "-c", f"user.email={email}"]
+
+
+def switch_branch(repo: Path, branch: str) -> str:
+    """Put the checkout on `branch` (made from HEAD the first time); returns the branch it was on."""
+    if git(repo, "check-ref-format", "--branch", branch, check=False) != branch:
+        raise InputError(f"branch {branch!r} is not a valid git branch name")
+    was = git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+    if was != branch:
+        exists = git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+        git(repo, "switch", *([branch] if exists else ["-c", branch]))
+    return was
+
+
+def apply_overrides(repo: Path, overrides: dict[str, Any]) -> str:
+    """Set dotted params.yaml keys (comments kept) after checking them; returns the file as it was."""
+    path = repo / PARAMS
+    original = path.read_text()
+    yaml = YAML()
+    doc = yaml.load(original)
+    unknown = []
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = doc
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            unknown.append(key)
+        else:
+            node[leaf] = value
+    if unknown:
+        raise InputError(f"overrides: {', '.join(map(repr, unknown))} not in {PARAMS} "
+                         "(give dotted keys that exist, e.g. 'train.epochs')")
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    path.write_text(buf.getvalue())
+    try:
+        load_params(path)  # the typed params name any wrong value
+    except InputError as e:
+        path.write_text(original)
+        raise InputError(f"overrides {overrides}: {e}") from None
+    return original
+
+
+def tracked_outputs(repo: Path) -> list[str]:
+    """dvc.lock, params, and the outputs git keeps (cache: false: metrics, plots, reports)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as r:
+        outs = [str(o.fs_path) for s in r.index.stages for o in s.outs if not o.use_cache]
+    paths = ["dvc.lock", PARAMS, *(str(Path(o).relative_to(repo.resolve())) for o in outs)]
+    paths += git(repo, "ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore").splitlines()
+    return [p for p in paths if (repo / p).exists()]
+
+
+def commit(repo: Path, message: str, paths: list[str]) -> str | None:
+    """Commit only `paths` (anything else the user staged stays staged); None if nothing changed."""
+    git(repo, "add", "--", *paths)
+    if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths], cwd=repo).returncode == 0:
+        return None
+    git(repo, *identity(repo), "commit", "-q", "-m", message, "--", *paths)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def restore_params(repo: Path, original: str, run_name: str) -> str | None:
+    (repo / PARAMS).write_text(original)
+    return commit(repo, f"params.yaml back as it was before run {run_name}'s overrides", [PARAMS])
+
+
+def push(repo: Path, dvc_remote: str | None, git_remote: str | None, branch: str | None) -> list[str]:
+    """dvc push (data, checkpoints, model), then git push of the branch and tags if asked."""
+    done = [dvc(repo, "push", *(["-r", dvc_remote] if dvc_remote else [])).splitlines()[-1]]
+    if git_remote:
+        ref = branch or git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+        git(repo, "push", "-q", git_remote, ref)
+        git(repo, "push", "-q", git_remote, "--tags")
+        done.append(f"git: pushed {ref} and tags to {git_remote}")
+    return done
