@@ -13,6 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 .PHONY: setup run flow test test-fast lint bench
 
 setup: $(VENV)/.installed
+	python -m tasks.offline_plots   # vega, inlined: `dvc plots show` renders offline
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)

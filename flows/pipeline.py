@@ -31,6 +31,7 @@ from typing import Any
 from prefect import flow, get_client
 from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.runtime import flow_run
 
 from flows import artifacts, plan, trace
@@ -43,7 +44,7 @@ ingest, clean, augment, train, evaluate, register = (stage_task(s) for s in STAG
 
 def slot(name: str) -> contextlib.AbstractContextManager:
     """A Prefect global concurrency limit of 1 (created if missing): one holder at a time, others wait."""
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):  # made meanwhile
         if not any(c.name == name for c in client.read_global_concurrency_limits(limit=200)):
             client.upsert_global_concurrency_limit_by_name(name, limit=1)
     return concurrency(name, occupy=1, strict=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from pathlib import Path
 
 RUN, RESTORE, MAYBE, SKIP = "run", "restore", "if upstream changes", "up to date"
@@ -32,7 +31,8 @@ RUN, RESTORE, MAYBE, SKIP = "run", "restore", "if upstream changes", "up to date
 def _dotted(old, new, prefix: str) -> list[str]:
     """The dotted keys where two params values differ: train -> train.epochs."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [k for key in sorted(set(old) | set(new)) for k in _dotted(old.get(key), new.get(key), f"{prefix}.{key}")]
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _dotted(old.get(k), new.get(k), f"{prefix}.{k}")]
     return [prefix] if old != new else []
 
 
@@ -71,9 +71,13 @@ def _restorable(repo, stage) -> bool:
 
     The same lookup as DVC's StageCache.restore, without its side effects (it checks out outputs).
     """
+    from dvc.exceptions import DvcException
     from dvc.stage.cache import _can_hash
 
-    stage.save_deps()  # in memory: the deps' current hashes, the run cache's key
+    try:
+        stage.save_deps()  # in memory: the deps' current hashes, the run cache's key
+    except DvcException:  # a dependency is missing: an upstream stage makes it first
+        return False
     if not _can_hash(stage):
         return False
     cache = repo.stage_cache._load(stage)
@@ -85,6 +89,7 @@ def plan(repo_path: str | Path = ".", driver: str = "dvc") -> list[dict]:
     import networkx as nx
     from dvc.repo import Repo
 
+    from flows.stages import stage_outs
     from tasks.params import load_params
     from tasks.sources import is_remote
 
@@ -98,6 +103,8 @@ def plan(repo_path: str | Path = ".", driver: str = "dvc") -> list[dict]:
         for stage in order:
             name = stage.addressing
             own = _reasons(stage, status.get(name, []))
+            if own and not stage_outs(Path(repo_path), name):
+                own = ["never run here (no entry in dvc.lock)"]
             if name in forced:
                 own.insert(0, "forced by the flow: a URL source may change without DVC seeing it")
             feeding = sorted(u.addressing for u in graph.successors(stage) if u.addressing in upstream_runs)

@@ -65,6 +65,7 @@ def apply_overrides(repo: Path, overrides: dict[str, Any]) -> str:
     path = repo / PARAMS
     original = path.read_text()
     yaml = YAML()
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = yaml.load(original)
     unknown = []
     for key, value in overrides.items():

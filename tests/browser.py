@@ -24,6 +24,7 @@ Playwright's sync API refuses to run inside a running asyncio event loop: call
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,8 +69,8 @@ class Page:
         """The visible text of the whole page."""
         return self.page.inner_text("body")
 
-    def wait_for_text(self, text: str, timeout_s: float = 15) -> None:
-        """Wait until an element showing exactly this text is visible."""
+    def wait_for_text(self, text: str | re.Pattern, timeout_s: float = 15) -> None:
+        """Wait until an element showing exactly this text (or matching this pattern) is visible."""
         self.page.get_by_text(text, exact=True).first.wait_for(timeout=timeout_s * 1000)
 
     def click_text(self, text: str, timeout_s: float = 15) -> None:

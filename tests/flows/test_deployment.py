@@ -49,7 +49,8 @@ def server(tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = os.environ | {"PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
-                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        "PREFECT_UI_API_URL": url}  # with --port alone the UI would call port 4200
     proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -97,7 +98,7 @@ def test_deploy_all_creates_both_schedules_with_overlap_policies(deployed_run):
 def test_worker_run_completes_with_task_runs_and_artifacts(deployed_run):
     url, repo, flow_run_id = deployed_run
     flow_run = api(url, f"/flow_runs/{flow_run_id}")
-    assert flow_run["state_type"] == "COMPLETED", flow_run["state"]
+    assert flow_run["state_type"] == "COMPLETED", flow_run["state"]["message"]
     version = json.loads((repo / "data/raw/manifest.json").read_text())["version"]
     assert flow_run["name"].startswith(f"data-{version}-")  # named after the data version
     task_runs = api(url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
@@ -169,20 +170,27 @@ def test_fresh_clone_restores_everything_from_s3(deployed_run, tmp_path, s3):
     assert_same_outputs(repo, clone)
 
 
+@pytest.mark.browser
 def test_the_ui_shows_the_run_with_its_task_runs_and_artifacts(deployed_run):
-    browser = pytest.importorskip("tests.browser")
+    from tests import browser
+
     if not browser.chromium_path():
         pytest.skip("Debian's chromium is not installed (`apt-get install -y chromium`, as .ci/run does)")
     url, _, flow_run_id = deployed_run
-    ui = url.removesuffix("/api")
     SCREENSHOTS.mkdir(exist_ok=True)
-    with browser.open_page(f"{ui}/runs/flow-run/{flow_run_id}") as page:
-        page.wait_for_text("register")
-        for stage in STAGES:
-            assert page.has_text(stage)
-        page.screenshot(SCREENSHOTS / "flow-run.png")
+    with browser.open_page(f"{url.removesuffix('/api')}/runs/flow-run/{flow_run_id}", height=2200) as page:
+        page.click_text("Task Runs")
+        page.wait_for_text(re.compile(r"^register-\w+$"))
+        shown = page.text()
+        assert all(re.search(rf"\b{stage}-\w+", shown) for stage in STAGES), shown[:2000]
+        page.screenshot(SCREENSHOTS / "flow-run-task-runs.png")
         page.click_text("Artifacts")
         page.wait_for_text("registered-model")
-        for key in ARTIFACTS:
-            assert page.has_text(key), key
+        shown = page.text()
+        assert all(key in shown for key in ARTIFACTS), shown[:2000]
         page.screenshot(SCREENSHOTS / "flow-run-artifacts.png")
+        page.click_text("registered-model")  # the figures are images the UI draws, not links
+        img = page.page.locator("img[src^='data:image/png']").first
+        img.wait_for(timeout=15000)
+        assert img.evaluate("i => i.complete && i.naturalWidth > 100")
+        page.screenshot(SCREENSHOTS / "registered-model.png")

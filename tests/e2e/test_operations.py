@@ -1,0 +1,103 @@
+"""plan against what runs really execute, and a failed flow run resumed at its failed stage.
+
+Slow: a small pipeline (MLP, one epoch) on a local CSV source, run once, then changed three ways.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import re
+
+import pytest
+import yaml
+
+from flows.plan import MAYBE, RUN, SKIP, plan, will_run
+from tests.conftest import copy_repo, run, set_params
+
+pytestmark = pytest.mark.slow
+SOURCE = "data/sources/digits.csv"
+
+
+def lock_outs(repo) -> dict:
+    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {s: {o["path"]: o["md5"] for o in e.get("outs", [])} for s, e in stages.items()}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("ops"), master_port=29660)
+    digits = importlib.resources.files("sklearn.datasets") / "data" / "digits.csv.gz"
+    (repo / SOURCE).parent.mkdir(parents=True, exist_ok=True)
+    (repo / SOURCE).write_bytes(gzip.decompress(digits.read_bytes()))
+    set_params(repo, {"ingest.source": SOURCE, "train.model": "mlp", "train.epochs": 1})
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "local source, small model"], repo)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def dvc_repro(repo) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", run(["dvc", "repro"], repo).stdout)
+
+
+def flow_run(repo) -> list[str]:
+    from flows.pipeline import pipeline
+
+    return [s for s, summary in pipeline(repo=str(repo)).items() if summary["status"] == "ran"]
+
+
+def planned_then_ran(repo, driver: str, runner) -> tuple[dict, list[str]]:
+    """The plan, then a real run: what ran must be what the plan said, given the outputs that changed."""
+    steps = plan(repo, driver)
+    before = lock_outs(repo)
+    ran = runner(repo)
+    after = lock_outs(repo)
+    rewritten = {s for s in after if after[s] != before.get(s)}
+    assert ran == will_run(steps, rewritten), (steps, ran, rewritten)
+    return {s["stage"]: s for s in steps}, ran
+
+
+def test_plan_on_an_up_to_date_repo_runs_nothing(repo):
+    assert all(s["action"] == SKIP for s in plan(repo, "dvc"))
+
+
+def test_plan_after_a_params_change(repo):
+    set_params(repo, {"train.epochs": 2})
+    steps, ran = planned_then_ran(repo, "dvc", dvc_repro)
+    assert steps["train"]["action"] == RUN and steps["train"]["reasons"] == ["param train.epochs modified"]
+    assert steps["evaluate"]["action"] == MAYBE and steps["clean"]["action"] == SKIP
+    assert ran == ["train", "evaluate", "register"]
+
+
+def test_plan_after_a_code_change_through_the_flow(repo, prefect_server):
+    with (repo / "tasks/evaluate.py").open("a") as f:
+        f.write("\n# a comment: evaluate reruns, its metrics stay the same\n")
+    steps, ran = planned_then_ran(repo, "flow", flow_run)
+    assert steps["evaluate"]["reasons"] == ["dep tasks/evaluate.py modified"]
+    assert steps["register"]["action"] == MAYBE and steps["register"]["waits_on"] == ["evaluate"]
+    assert ran == ["evaluate"]  # same metrics, same model: register had nothing new to register
+
+
+def test_plan_after_a_data_change(repo):
+    lines = (repo / SOURCE).read_text().splitlines(keepends=True)
+    (repo / SOURCE).write_text("".join(lines[:-40]))  # 40 rows fewer
+    steps, ran = planned_then_ran(repo, "dvc", dvc_repro)
+    assert steps["ingest"]["action"] == RUN and steps["ingest"]["reasons"] == [f"dep {SOURCE} modified"]
+    assert ran == ["ingest", "clean", "augment", "train", "evaluate", "register"]
+
+
+def test_a_failed_stage_fails_the_flow_with_its_error_and_the_rerun_starts_there(repo, prefect_server):
+    from flows.pipeline import pipeline
+
+    set_params(repo, {"train.deepspeed_config": "configs/missing.json", "train.epochs": 1})
+    state = pipeline(repo=str(repo), return_state=True)
+    assert state.is_failed()
+    top = state.message.splitlines()
+    assert "stage 'train' failed" in top[0] and "configs/missing.json" in top[1], state.message
+
+    set_params(repo, {"train.deepspeed_config": None})
+    summaries = pipeline(repo=str(repo))
+    assert {s: v["status"] for s, v in summaries.items() if s in ("ingest", "clean", "augment")} == dict.fromkeys(
+        ("ingest", "clean", "augment"), "skipped")
+    assert summaries["train"]["status"] == "ran"
