@@ -93,9 +93,8 @@ def plan(repo_path: str | Path = ".", driver: str = "dvc") -> list[dict]:
     from tasks.params import load_params
     from tasks.sources import is_remote
 
-    with contextlib.chdir(repo_path):
+    with contextlib.chdir(repo_path), Repo(".") as repo:  # stage names as in dvc.yaml, not relative paths
         forced = {"ingest"} if driver == "flow" and is_remote(load_params().ingest.source) else set()
-    with Repo(str(repo_path)) as repo:
         status = repo.status()
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         order = list(reversed(list(nx.topological_sort(graph))))
@@ -103,7 +102,7 @@ def plan(repo_path: str | Path = ".", driver: str = "dvc") -> list[dict]:
         for stage in order:
             name = stage.addressing
             own = _reasons(stage, status.get(name, []))
-            if own and not stage_outs(Path(repo_path), name):
+            if own and not stage_outs(Path("."), name):
                 own = ["never run here (no entry in dvc.lock)"]
             if name in forced:
                 own.insert(0, "forced by the flow: a URL source may change without DVC seeing it")

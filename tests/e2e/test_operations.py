@@ -83,7 +83,7 @@ def test_plan_after_a_data_change(repo):
     lines = (repo / SOURCE).read_text().splitlines(keepends=True)
     (repo / SOURCE).write_text("".join(lines[:-40]))  # 40 rows fewer
     steps, ran = planned_then_ran(repo, "dvc", dvc_repro)
-    assert steps["ingest"]["action"] == RUN and steps["ingest"]["reasons"] == [f"dep {SOURCE} modified"]
+    assert steps["ingest"]["action"] == RUN and steps["ingest"]["reasons"] == ["dep data/sources modified"]
     assert ran == ["ingest", "clean", "augment", "train", "evaluate", "register"]
 
 
