@@ -13,6 +13,8 @@ import pytest
 
 from tests.browser import needs_chromium, open_page
 
+pytestmark = pytest.mark.browser
+
 # Tabs drawn by JavaScript after a delay, as a single-page app does; one of them
 # needs a remote image, which the helper must refuse rather than wait for.
 PAGE = """<!DOCTYPE html>

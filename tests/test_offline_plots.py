@@ -82,6 +82,7 @@ def test_page_inlines_vega_and_loads_nothing_remote(plots_html):
     assert html.count("vegaEmbed('#") == 2  # one call per plot, from dvc-render
 
 
+@pytest.mark.browser
 @needs_chromium
 def test_page_renders_offline(plots_html, tmp_path):
     with open_page(plots_html.as_uri()) as page:
