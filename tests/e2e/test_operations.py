@@ -79,6 +79,15 @@ def test_plan_after_a_code_change_through_the_flow(repo, prefect_server):
     assert ran == ["evaluate"]  # same metrics, same model: register had nothing new to register
 
 
+def test_the_new_data_schedule_retrains_only_on_new_data(repo, prefect_server):
+    from flows.pipeline import pipeline
+
+    set_params(repo, {"train.epochs": 3})  # stale training, but the same data: the hourly run leaves it
+    summaries = pipeline(repo=str(repo), only_if_new_data=True)
+    assert list(summaries) == ["ingest"] and summaries["ingest"]["status"] == "skipped"
+    assert any(s["stage"] == "train" and s["action"] == RUN for s in plan(repo, "flow"))
+
+
 def test_plan_after_a_data_change(repo):
     lines = (repo / SOURCE).read_text().splitlines(keepends=True)
     (repo / SOURCE).write_text("".join(lines[:-40]))  # 40 rows fewer
