@@ -88,7 +88,7 @@ class Preprocessing:
     transform: dict  # clean's fitted transform
     ingest: dict  # the version's ingest params: how raw input is read (header, delimiter, image shape...)
     text: dict  # the version's augment.text params
-    columns: dict  # the raw columns and their Arrow types, from the ingest manifest
+    columns: dict  # the raw columns and their Arrow types, in the snapshot's order
     kind: str = "table"  # or "images"
     tokenizer: Any = None
 
@@ -186,6 +186,6 @@ def load_model(spec: str, repo: str | Path = ".") -> Loaded:
         tokenizer = Tokenizer.from_str(_checked(read(tok["path"], "tokenizer"), tok, v, "tokenizer").decode())
     params, inp = rec.get("params") or {}, rec.get("input") or {}
     prep = Preprocessing(transform=transform, ingest=params.get("ingest", {}),
-                         text=params.get("augment", {}).get("text", {}), columns=inp.get("columns", {}),
+                         text=params.get("augment", {}).get("text", {}), columns=dict(inp.get("columns") or []),
                          kind=inp.get("kind", "table"), tokenizer=tokenizer)
     return Loaded(module=module, preprocessing=prep, version=v, lineage=rec)

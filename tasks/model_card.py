@@ -31,7 +31,7 @@ def _data(lin: dict) -> list[str]:
              f"- data contract: {'passed' if contract.get('ok') else 'NOT passed'} "
              f"({contract.get('reason', 'no record')})",
              f"- label column `{ingest['label_column']}` ({ingest.get('task', 'classification')}); "
-             f"{len(inp.get('columns') or {})} raw columns", "",
+             f"{len(inp.get('columns') or [])} raw columns", "",
              "Data versions (DVC md5 of each stage output, from `dvc.lock` of the version's commit):", ""]
     rows = [[stage, f"`{path}`", f"`{md5}`"] for stage, outs in (lin.get("data") or {}).items()
             for path, md5 in outs.items()]
@@ -78,9 +78,10 @@ def _limits(lin: dict, metrics: dict, card: Card) -> list[str]:
     inp, ingest = lin.get("input") or {}, lin["params"]["ingest"]
     shape = f" {ingest['image_shape'][0]}x{ingest['image_shape'][1]} grayscale images," if ingest.get(
         "image_shape") and inp.get("kind") == "images" else ""
-    lines.append(f"- input must look like the training source:{shape} the columns "
-                 f"{', '.join(list(inp.get('columns') or {})[:8])}{'...' if len(inp.get('columns') or {}) > 8 else ''}"
-                 f" with the same types; values far outside the training range were never seen")
+    names = [name for name, _ in inp.get("columns") or []]
+    lines.append(f"- input must look like the training source:{shape} the columns {', '.join(names[:8])}"
+                 f"{'...' if len(names) > 8 else ''} with the same types; values far outside the training range "
+                 f"were never seen")
     return lines + [f"- test set: {metrics.get('test_rows', '?')} rows", ""]
 
 

@@ -129,6 +129,17 @@ def reproducibility(p: Params, metrics: dict, dirty: list[str]) -> dict:
             "reason": f"evaluation rerun gives {metric} {again[metric]:.6f}, recorded {metrics[metric]:.6f}"}
 
 
+def raw_columns(raw: Path) -> list[list[str]]:
+    """[name, Arrow type] of the snapshot's columns, in order: how predict reads raw input without a header."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return [[f.name, str(f.type)] for f in pq.read_schema(raw)]
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"register: {raw}: cannot read the raw snapshot's schema ({e}); run ingest") from None
+
+
 def preprocessing_record(p: Params) -> dict:
     """The saved preprocessing's files and hashes: load_model reads them at the version's commit."""
     if not p.paths.transform.exists():
@@ -165,7 +176,7 @@ def record(p: Params, metrics: dict, meta: dict, flow_run_id: str | None) -> dic
         "artifact": p.register.name,
         "model": {"path": str(p.paths.model), "sha256": sha256_file(p.paths.model)},
         "preprocessing": preprocessing_record(p),
-        "input": {"kind": input_kind(p), "columns": manifest.get("schema", {}), "rows": manifest.get("rows")},
+        "input": {"kind": input_kind(p), "columns": raw_columns(p.paths.raw), "rows": manifest.get("rows")},
         "data": data_hashes(lock), "data_version": manifest.get("version"),
         "contract": contract_status(p, manifest),
         "params": p.model_dump(mode="json", by_alias=True),

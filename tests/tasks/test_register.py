@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import gto.api
+import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 from tasks.errors import InputError
 from tasks.params import load_params
 from tasks.register import register
-from tasks.tables import write_json
+from tasks.tables import write_json, write_table
 from tests.conftest import GIT_ENV, ROOT
 
 
@@ -30,6 +31,7 @@ def repo(tmp_path, monkeypatch):
     write_json(p.paths.checkpoints / "fp1" / "run.json", {"deepspeed": {"zero_optimization": {"stage": 1}},
                                                           "world_size": 2})
     # what ingest, clean and train would leave: a data version that passed its contract, a transform, a history
+    write_table(pa.table({"a": [1, 2, 3], "label": [0, 1, 0]}), p.paths.raw)
     write_json(p.paths.raw_manifest, {"version": "d1", "rows": 3, "schema": {"a": "int64", "label": "int64"}})
     write_json(p.paths.contract_report, {"ok": True, "version": "d1", "violations": []})
     write_json(p.paths.transform, {"numeric": [], "categorical": [], "classes": ["0", "1"]})
@@ -127,7 +129,7 @@ def test_lineage_records_preprocessing_contract_and_the_card(repo):
     assert rec["preprocessing"]["transform"]["path"] == str(repo.paths.transform)
     assert rec["preprocessing"]["tokenizer"] is None
     assert rec["contract"] == {"ok": True, "data_version": "d1", "reason": "reports/contract.json: no violations"}
-    assert rec["input"] == {"kind": "table", "columns": {"a": "int64", "label": "int64"}, "rows": 3}
+    assert rec["input"] == {"kind": "table", "columns": [["a", "int64"], ["label", "int64"]], "rows": 3}
     committed = subprocess.run(["git", "show", "--name-only", "--format=", rec["commit"]], capture_output=True,
                                text=True, check=True).stdout.split()
     assert str(repo.paths.model_card) in committed
