@@ -120,3 +120,28 @@ def test_the_command_names_a_bad_model_spec(tmp_path, capsys):
         main(["digits", str(tmp_path / "x.csv"), "-o", str(tmp_path / "p.parquet"), "--repo", str(tmp_path)])
     assert exit_.value.code == 2
     assert "model spec 'digits': expected NAME@VERSION" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("representation", ["bag", "sequence"])
+def test_raw_text_gets_the_features_augment_gave_the_test_split(tmp_path, representation):
+    from tokenizers import Tokenizer
+
+    from tasks.augment import TOKENIZER_FILE, augment
+    from tasks.params import Augment, TextAug
+    from tasks.tables import read_model_table, read_table
+
+    words = {0: "apple banana cherry", 1: "engine piston valve"}
+    (tmp_path / "s.csv").write_text("\n".join(["text,label"] + [f"{words[i % 2]} Item{i},{i % 2}"
+                                                                 for i in range(200)]) + "\n")
+    manifest = run_ingest(tmp_path / "s.csv", tmp_path, text_column="text")
+    run_clean(tmp_path)
+    p = paths(tmp_path)
+    text = TextAug(vocab_size=300, min_frequency=1, representation=representation, max_tokens=6)
+    augment(Augment(text=text), p["clean"], p["transform"], p["splits"])
+    prep = Preprocessing(transform=read_json(p["transform"], "transform"), ingest={"header": True},
+                         text=text.model_dump(), columns=manifest["schema"],
+                         tokenizer=Tokenizer.from_file(str(p["splits"] / TOKENIZER_FILE)))
+    test = read_model_table(p["splits"] / "test.parquet")
+    raw = read_table(p["raw"]).filter(read_table(p["clean"])["split"].to_numpy(zero_copy_only=False) == "test")
+    expected = np.column_stack([test[c].to_numpy() for c in test.column_names if c not in ("label", "split")])
+    assert np.array_equal(prep.features(raw), expected)
