@@ -302,7 +302,8 @@ def lineage(spec: str, repo: str | Path = ".") -> dict:
     rec = read_lineage(v, repo)
     lock = yaml.safe_load(read_at(v.commit, "dvc.lock", repo) or "{}")
     keys = ("data_version", "params", "code_commit", "code_dirty", "deepspeed", "world_size",
-            "prefect_flow_run_id", "metrics", "model", "preprocessing", "contract", "promotion", "registered_at")
+            "prefect_flow_run_id", "metrics", "model", "preprocessing", "contract", "reproducible", "promotion",
+            "registered_at")
     return {"artifact": v.name, "version": v.version, "commit": v.commit, "data": data_hashes(lock),
             **{k: rec.get(k) for k in keys}, "decisions": decisions(v.commit, repo)}
 

@@ -59,9 +59,11 @@ def cache_file(repo, md5: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """v0.0.1: a deliberately weak model (one epoch at a tenth of the learning rate), in prod."""
+    """v0.0.1: a deliberately weak model (one epoch at a tenth of the learning rate), in prod; the policy
+    also asks for reproducibility (the evaluation rerun at registration)."""
     repo = copy_repo(tmp_path_factory.mktemp("registry"), master_port=29810)
-    set_params(repo, {"train.model": "mlp", "train.epochs": 1, "train.optimizer.lr": 0.0003})
+    set_params(repo, {"train.model": "mlp", "train.epochs": 1, "train.optimizer.lr": 0.0003,
+                      "register.require_reproducible": True})
     run(["git", "commit", "-qam", "a small model"], repo)
     out = run(["dvc", "repro"], repo).stdout
     assert "register: digits v0.0.1" in out and "promoted to prod" in out
@@ -82,6 +84,7 @@ def test_lineage_gives_the_data_hashes_in_the_versions_dvc_lock_and_back(trained
     assert info["world_size"] == 2 and info["deepspeed"]["zero_optimization"]["stage"] == 1
     assert info["params"]["train"]["optimizer"]["lr"] == 0.0003
     assert info["contract"]["ok"] and info["promotion"]["promote"]
+    assert info["reproducible"]["ok"] and "evaluation rerun gives accuracy" in info["reproducible"]["reason"]
     committed = json.loads(run(["git", "show", "digits@v0.0.1:reports/metrics.json"], repo).stdout)
     assert info["metrics"]["accuracy"] == committed["accuracy"]
 

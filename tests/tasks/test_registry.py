@@ -156,3 +156,15 @@ def test_cli_lists_and_shows_with_the_model_card(repo, capsys):  # noqa: F811
         registry.main(["show", "digits@nope!"])
     assert bad.value.code == 2
     assert "model spec 'digits@nope!'" in capsys.readouterr().err
+
+
+def test_a_reproducibility_requirement_refuses_uncommitted_code(repo):  # noqa: F811
+    produce(repo, 0.9, seed=1)
+    register(repo)
+    strict = repo.model_copy(update={"register_": repo.register.model_copy(update={"require_reproducible": True})})
+    (repo.paths.model.parent.parent / "tasks").mkdir()
+    (repo.paths.model.parent.parent / "tasks" / "patch.py").write_text("x = 1\n")
+    produce(repo, 0.99, seed=2)
+    rec = register(strict)
+    assert not rec["promotion"]["promote"] and holder() == "v0.0.1"
+    assert rec["promotion"]["reason"] == "not shown reproducible (uncommitted changes in tasks/)"
