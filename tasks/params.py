@@ -44,6 +44,7 @@ class Paths(Section):
     confusion: Path = Field(description="evaluate: actual/predicted pairs (DVC plot)")
     figures: Path = Field(description="evaluate: PNG figures for people and Prefect")
     lineage: Path = Field(description="register: the registered version's record")
+    model_card: Path = Field(description="register: the version's model card (markdown)")
 
 
 class Ingest(Section):
@@ -312,14 +313,27 @@ class Evaluate(Section):
     batch_size: int = Field(512, ge=1)
 
 
+class Card(Section):
+    """What the model card says beyond the numbers."""
+
+    intended_use: str = Field("", description="what the model is for, in a sentence or two")
+    limitations: tuple[str, ...] = Field((), description="where it should not be trusted; the card adds "
+                                         "the weakest classes and the input schema itself")
+
+
 class Register(Section):
-    """Registration with GTO and the rule that moves the production stage."""
+    """Registration with GTO and the promotion policy, checked before `stage` moves (by register and by
+    `python -m tasks.registry promote`)."""
 
     name: str = Field("digits", pattern=r"^[a-z0-9][a-z0-9-]*$")
-    metric: str = Field("accuracy", description="key in the metrics file")
+    metric: str = Field("accuracy", description="key in the metrics file that decides promotion")
     higher_is_better: bool = True
-    min_improvement: float = Field(0.0, ge=0)
+    min_improvement: float = Field(0.0, ge=0, description="over the version in `stage`, in the metric's units")
+    require_contract: bool = Field(True, description="the data version must have passed the data contract")
+    require_reproducible: bool = Field(False, description="code committed, and the evaluation rerun on the "
+                                       "registered weights gives the recorded metric back")
     stage: str = Field("prod", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    card: Card = Card()
 
 
 class Params(Section):

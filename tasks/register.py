@@ -1,52 +1,55 @@
-"""register: a new model version, DVC's way, with its lineage; gated promotion.
+"""register: a new model version, DVC's way, with its lineage and model card; policy-gated promotion.
 
     python -m tasks.register          # what `dvc repro register` runs
-    gto show digits                   # the registry: versions and stages
+    python -m tasks.registry list     # the registry: versions and stages (see tasks/registry.py)
 
 The model is the artifact declared in dvc.yaml's `artifacts:` section. This
-stage writes the version's lineage (data hashes from dvc.lock, params, code
-commit, DeepSpeed config, metrics, Prefect flow-run id), commits the
-pipeline's state (dvc.lock, params, metrics, lineage) so the version points at
-a commit whose dvc.lock holds this model, and tags it with GTO. The
-`register.stage` (production) moves to the new version only when it beats
-the current one on `register.metric` by at least `register.min_improvement`.
+stage writes the version's lineage (data hashes from dvc.lock, the data
+version and its contract result, params, code commit, DeepSpeed config,
+metrics, Prefect flow-run id, and the SHA-256 of the weights and of the saved
+preprocessing: the fitted transform and, for text, the tokenizer) and its
+model card, commits the pipeline's state (dvc.lock, params, metrics, lineage,
+card) so the version points at a commit whose dvc.lock holds this model and
+its preprocessing, and tags it with GTO. The `register.stage` (production)
+moves to the new version only when the promotion policy in params.yaml
+allows (tasks.registry.decide); the decision and its reason are in the
+lineage and in the version's git note. Version allocation, commit and tags
+run under the registry lock, so concurrent registrations get distinct versions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
-import subprocess
+import tempfile
 from pathlib import Path
 
 import yaml
-from safetensors import SafetensorError, safe_open
 
 from tasks.errors import InputError, run_main
+from tasks.loading import parse_weights
+from tasks.model_card import render
 from tasks.params import Params, Register, load_params
-from tasks.tables import read_json, sha256_file, write_json
+from tasks.registry import (
+    author,
+    data_hashes,
+    decide,
+    git,
+    move_stage,
+    read_lineage,
+    record_decision,
+    registry_lock,
+    stage_holder,
+)
+from tasks.sources import IMAGE_SUFFIXES, is_remote, resolve_local
+from tasks.tables import atomic_path, read_json, sha256_file, write_json
 
-FALLBACK_AUTHOR = ("dagtrain", "dagtrain@localhost")  # for machines with no git identity
-DATA_STAGES = ("ingest", "clean", "augment", "train")
-
-
-def git(*args: str, check: bool = True) -> str:
-    res = subprocess.run(["git", *args], capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise InputError(f"git {' '.join(args)} failed: {res.stderr.strip()}")
-    return res.stdout.strip()
-
-
-def data_hashes(lock_path: Path = Path("dvc.lock")) -> dict:
-    """{stage: {out path: md5}} for the data stages, as DVC recorded them."""
-    lock = yaml.safe_load(lock_path.read_text()) if lock_path.exists() else {}
-    stages = (lock or {}).get("stages", {})
-    return {s: {o["path"]: o.get("md5") for o in stages[s].get("outs", [])} for s in DATA_STAGES if s in stages}
+CODE = ("tasks", "models", "configs", "flows")  # uncommitted changes here make a run irreproducible
+TOKENIZER_FILE = "tokenizer.json"  # augment writes it into paths.splits for text data
 
 
 def check_inputs(params: Register, model_path: Path, metrics: dict) -> dict:
-    """The artifact is declared, the model is a safetensors file, the metric exists."""
+    """The artifact is declared, the model is a safetensors file (never a pickle), the metric exists."""
     problems = []
     artifacts = (yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("artifacts", {})
     if params.name not in artifacts:
@@ -55,12 +58,13 @@ def check_inputs(params: Register, model_path: Path, metrics: dict) -> dict:
     elif Path(artifacts[params.name]["path"]) != model_path:
         problems.append(f"dvc.yaml artifact {params.name!r} points at {artifacts[params.name]['path']}, "
                         f"not at the trained model {model_path}")
+    meta = {}
     try:
-        with safe_open(str(model_path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        problems.append(f"{model_path}: not a readable safetensors file ({e})")
-        meta = {}
+        _, meta = parse_weights(model_path.read_bytes(), str(model_path))
+    except OSError as e:
+        problems.append(f"{model_path}: cannot read the trained model ({e.strerror or e})")
+    except InputError as e:
+        problems.append(str(e))
     if not isinstance(metrics.get(params.metric), (int, float)):
         problems.append(f"register.metric {params.metric!r} is not a number in the metrics file")
     if git("rev-parse", "--is-inside-work-tree", check=False) != "true":
@@ -68,32 +72,6 @@ def check_inputs(params: Register, model_path: Path, metrics: dict) -> dict:
     if problems:
         raise InputError("register: " + "; ".join(problems))
     return meta
-
-
-def promotion(params: Register, value: float, metrics_file: Path) -> dict:
-    """Should the new version take `params.stage`? Compare with the version holding it."""
-    import gto.api
-    from gto.exceptions import ArtifactNotFound
-
-    try:
-        current = gto.api.find_versions_in_stage(".", params.name, params.stage)
-    except ArtifactNotFound:  # nothing registered yet
-        current = None
-    current = current[0] if isinstance(current, list) and current else current
-    if not current:
-        return {"promote": True, "reason": f"no version is in stage {params.stage!r} yet"}
-    shown = git("show", f"{current.commit_hexsha}:{metrics_file}", check=False)
-    try:
-        old = float(json.loads(shown)[params.metric])
-    except (ValueError, KeyError, TypeError):
-        return {"promote": False, "reason": f"{params.metric} of {current.version} in {params.stage} "
-                                            f"cannot be read at {current.commit_hexsha[:8]}:{metrics_file}"}
-    gain = (value - old) if params.higher_is_better else (old - value)
-    verdict = gain > 0 and gain >= params.min_improvement
-    word = "beats" if verdict else "does not beat"
-    return {"promote": bool(verdict), "current": current.version, "current_value": old,
-            "reason": f"{params.metric} {value:.4f} {word} {current.version}'s {old:.4f} "
-                      f"by the required {params.min_improvement}"}
 
 
 def next_version(name: str) -> str:
@@ -110,9 +88,72 @@ def next_version(name: str) -> str:
     return f"v{major}.{minor}.{patch + 1}"
 
 
+def input_kind(p: Params) -> str:
+    """images when ingest read an image folder, else table: what predict must be given."""
+    src = p.ingest.source
+    if p.ingest.format == "images":
+        return "images"
+    if is_remote(src):
+        return "table"
+    path = resolve_local(src)
+    return "images" if path.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.glob("*/*")) else "table"
+
+
+def contract_status(p: Params, manifest: dict) -> dict:
+    """Did the data version being registered pass the data contract?"""
+    version, path = manifest.get("version"), p.paths.contract_report
+    try:
+        report = read_json(path, "data contract report")
+    except InputError:
+        return {"ok": False, "data_version": version, "reason": f"no contract report at {path}"}
+    if report.get("version") != version:
+        return {"ok": False, "data_version": version,
+                "reason": f"{path} is about data version {report.get('version')}, not {version}"}
+    bad = report.get("violations") or []
+    return {"ok": bool(report.get("ok")) and not bad, "data_version": version,
+            "reason": f"{path}: {len(bad)} violation(s)" if bad or not report.get("ok") else f"{path}: no violations"}
+
+
+def reproducibility(p: Params, metrics: dict, dirty: list[str]) -> dict:
+    """Committed code, and the evaluation rerun on these weights and this test split gives the metric back."""
+    from tasks.evaluate import evaluate
+
+    if dirty:
+        return {"ok": False, "reason": f"uncommitted changes in {', '.join(dirty[:5])}"}
+    metric = p.register.metric
+    with tempfile.TemporaryDirectory(prefix="register-") as tmp:
+        again = evaluate(p.evaluate, p.paths.model, p.paths.splits / "test.parquet", p.paths.transform,
+                         p.paths.train_history, Path(tmp, "m.json"), Path(tmp, "c.json"), Path(tmp, "figures"))
+    ok = abs(float(again[metric]) - float(metrics[metric])) <= 1e-9
+    return {"ok": ok, "rerun": {metric: again[metric]},
+            "reason": f"evaluation rerun gives {metric} {again[metric]:.6f}, recorded {metrics[metric]:.6f}"}
+
+
+def raw_columns(raw: Path) -> list[list[str]]:
+    """[name, Arrow type] of the snapshot's columns, in order: how predict reads raw input without a header."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return [[f.name, str(f.type)] for f in pq.read_schema(raw)]
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"register: {raw}: cannot read the raw snapshot's schema ({e}); run ingest") from None
+
+
+def preprocessing_record(p: Params) -> dict:
+    """The saved preprocessing's files and hashes: load_model reads them at the version's commit."""
+    if not p.paths.transform.exists():
+        raise InputError(f"register: {p.paths.transform}: the fitted transform is missing; run clean")
+    tok = p.paths.splits / TOKENIZER_FILE
+    return {"transform": {"path": str(p.paths.transform), "sha256": sha256_file(p.paths.transform)},
+            "tokenizer": {"path": str(tok), "sha256": sha256_file(tok)} if tok.exists() else None}
+
+
 def commit_state(p: Params, message: str) -> str:
     """Commit what the version must point at: dvc.yaml/lock, params, small outputs."""
-    paths = ["dvc.yaml", "dvc.lock", "params.yaml", p.paths.metrics, p.paths.lineage,
+    import subprocess
+
+    paths = ["dvc.yaml", "dvc.lock", "params.yaml", p.paths.metrics, p.paths.lineage, p.paths.model_card,
              p.paths.train_history, p.paths.confusion, p.paths.figures, p.paths.clean_report]
     # the .gitignore files DVC wrote for its outputs (never ones git itself ignores)
     paths += git("ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore").splitlines()
@@ -125,11 +166,28 @@ def commit_state(p: Params, message: str) -> str:
     return git("rev-parse", "HEAD")
 
 
-def author() -> tuple[str, str]:
-    """git's own identity if configured, else a fallback so unattended runs can commit and tag."""
-    email = os.environ.get("GIT_AUTHOR_EMAIL") or git("config", "user.email", check=False)
-    name = os.environ.get("GIT_AUTHOR_NAME") or git("config", "user.name", check=False)
-    return (name, email) if name and email else FALLBACK_AUTHOR
+def record(p: Params, metrics: dict, meta: dict, flow_run_id: str | None) -> dict:
+    """Everything the lineage says that does not depend on the registry's state."""
+    manifest = read_json(p.paths.raw_manifest, "ingest manifest")
+    run = read_json(p.paths.checkpoints / meta.get("run", "") / "run.json", "training run record")
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", *CODE).splitlines()]
+    lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
+    rec = {
+        "artifact": p.register.name,
+        "model": {"path": str(p.paths.model), "sha256": sha256_file(p.paths.model)},
+        "preprocessing": preprocessing_record(p),
+        "input": {"kind": input_kind(p), "columns": raw_columns(p.paths.raw), "rows": manifest.get("rows")},
+        "data": data_hashes(lock), "data_version": manifest.get("version"),
+        "contract": contract_status(p, manifest),
+        "params": p.model_dump(mode="json", by_alias=True),
+        "code_commit": git("rev-parse", "HEAD", check=False) or None, "code_dirty": dirty,
+        "deepspeed": run["deepspeed"], "world_size": run["world_size"],
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "prefect_flow_run_id": flow_run_id or None,
+    }
+    if p.register.require_reproducible:
+        rec["reproducible"] = reproducibility(p, metrics, dirty)
+    return rec
 
 
 def register(p: Params, flow_run_id: str | None = None) -> dict:
@@ -139,29 +197,24 @@ def register(p: Params, flow_run_id: str | None = None) -> dict:
     metrics = read_json(p.paths.metrics, "evaluation metrics")
     meta = check_inputs(params, p.paths.model, metrics)
     value = float(metrics[params.metric])
-    decision = promotion(params, value, p.paths.metrics)
-    version = next_version(params.name)
-    run = read_json(p.paths.checkpoints / meta.get("run", "") / "run.json", "training run record")
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "tasks", "models", "flows").splitlines()]
-    lineage = {
-        "artifact": params.name, "version": version,
-        "model": {"path": str(p.paths.model), "sha256": sha256_file(p.paths.model)},
-        "data": data_hashes(), "params": p.model_dump(mode="json", by_alias=True),
-        "code_commit": git("rev-parse", "HEAD", check=False) or None, "code_dirty": dirty,
-        "deepspeed": run["deepspeed"], "world_size": run["world_size"],
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "prefect_flow_run_id": flow_run_id,
-        "promotion": {"stage": params.stage, **decision},
-        "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json(p.paths.lineage, lineage)
-    commit = commit_state(p, f"Register {params.name} {version}: {params.metric} {value:.4f}")
-    name, email = author()
-    gto.api.register(".", params.name, commit, version=version, author=name, author_email=email,
-                     message=f"{params.name} {version}: {params.metric}={value:.4f}")
-    if decision["promote"]:
-        gto.api.assign(".", params.name, params.stage, version=version, author=name, author_email=email,
-                       message=f"{params.stage}: {decision['reason']}")
+    rec = record(p, metrics, meta, flow_run_id)
+    history = read_json(p.paths.train_history, "training history")
+    with registry_lock():  # from reading the stage to the last tag: one registration at a time
+        held = stage_holder(params.name, params.stage)
+        decision = decide(params, params.stage, rec, (held.version, read_lineage(held)) if held else None)
+        version = next_version(params.name)
+        lineage = rec | {"version": version, "promotion": decision,
+                         "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        write_json(p.paths.lineage, lineage)
+        with atomic_path(p.paths.model_card) as tmp:
+            tmp.write_text(render(lineage, metrics, history, params.card))
+        commit = commit_state(p, f"Register {params.name} {version}: {params.metric} {value:.4f}")
+        name, email = author()
+        gto.api.register(".", params.name, commit, version=version, author=name, author_email=email,
+                         message=f"{params.name} {version}: {params.metric}={value:.4f}")
+        record_decision(commit, {"action": "register", "version": version, **decision})
+        if decision["promote"]:
+            move_stage(params.name, params.stage, version, f"{params.stage}: {decision['reason']}")
     return lineage | {"commit": commit}
 
 

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import gto.api
+import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 from tasks.errors import InputError
 from tasks.params import load_params
 from tasks.register import register
-from tasks.tables import write_json
+from tasks.tables import write_json, write_table
 from tests.conftest import GIT_ENV, ROOT
 
 
@@ -29,6 +30,12 @@ def repo(tmp_path, monkeypatch):
     p = load_params()
     write_json(p.paths.checkpoints / "fp1" / "run.json", {"deepspeed": {"zero_optimization": {"stage": 1}},
                                                           "world_size": 2})
+    # what ingest, clean and train would leave: a data version that passed its contract, a transform, a history
+    write_table(pa.table({"a": [1, 2, 3], "label": [0, 1, 0]}), p.paths.raw)
+    write_json(p.paths.raw_manifest, {"version": "d1", "rows": 3, "schema": {"a": "int64", "label": "int64"}})
+    write_json(p.paths.contract_report, {"ok": True, "version": "d1", "violations": []})
+    write_json(p.paths.transform, {"numeric": [], "categorical": [], "classes": ["0", "1"]})
+    write_json(p.paths.train_history, [{"epoch": 1, "train_loss": 0.5, "val_loss": 0.6}])
     return p
 
 
@@ -105,3 +112,26 @@ def test_other_staged_changes_stay_out_of_the_register_commit(repo):
     assert "notes.txt" not in committed and "registry/lineage.json" in committed
     staged = subprocess.run(["git", "diff", "--cached", "--name-only"], capture_output=True, text=True).stdout
     assert staged.split() == ["notes.txt"]
+
+
+def test_a_pickle_in_place_of_the_model_is_refused(repo):
+    produce(repo, 0.9, seed=1)
+    torch.save({"w": torch.zeros(3)}, repo.paths.model)  # torch.save under the safetensors name
+    with pytest.raises(InputError, match=r"is a pickle \(torch.save\) file, not safetensors"):
+        register(repo)
+    assert subprocess.run(["git", "tag"], capture_output=True, text=True).stdout == ""
+
+
+def test_lineage_records_preprocessing_contract_and_the_card(repo):
+    produce(repo, 0.9, seed=1)
+    rec = register(repo, flow_run_id="")
+    assert rec["prefect_flow_run_id"] is None  # the flow passes "" outside a flow run
+    assert rec["preprocessing"]["transform"]["path"] == str(repo.paths.transform)
+    assert rec["preprocessing"]["tokenizer"] is None
+    assert rec["contract"] == {"ok": True, "data_version": "d1", "reason": "reports/contract.json: no violations"}
+    assert rec["input"] == {"kind": "table", "columns": [["a", "int64"], ["label", "int64"]], "rows": 3}
+    committed = subprocess.run(["git", "show", "--name-only", "--format=", rec["commit"]], capture_output=True,
+                               text=True, check=True).stdout.split()
+    assert str(repo.paths.model_card) in committed
+    card = repo.paths.model_card.read_text()
+    assert "# Model card: digits v0.0.1" in card and "promoted (no version is in stage 'prod' yet)" in card

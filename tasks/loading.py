@@ -1,0 +1,191 @@
+"""Safe loading of a registered model with its saved preprocessing.
+
+    from tasks.loading import load_model
+    m = load_model("digits@prod")                # or digits@v0.0.3, digits@latest; repo="path"
+    m.module                                     # the torch module, in eval mode
+    m.preprocessing.features(table)              # raw columns -> the model's float32 inputs
+    m.predict(table)                             # {"prediction": ..., "probability": ...}
+
+The weights, the fitted transform and (for text) the tokenizer are read at the version's commit
+through DVC (the local cache, or the remote when they are not pulled), so a version always comes
+with the preprocessing it was trained with. Each file's SHA-256 must match the one its lineage
+recorded at registration; the weights must be safetensors. A pickle (torch.save) is refused
+without being unpickled, and so is a file whose bytes changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.errors import InputError
+from tasks.registry import Version, read_lineage, resolve
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format: a zip archive holding a pickle
+PICKLE_PROTOCOL = 0x80  # a raw pickle of protocol 2 or later starts with this opcode
+
+
+def _is_pickle(data: bytes) -> bool:
+    return data[:4] == ZIP_MAGIC or (len(data) > 1 and data[0] == PICKLE_PROTOCOL and 2 <= data[1] <= 5)
+
+
+def parse_weights(data: bytes, where: str, sha256: str | None = None) -> tuple[dict, dict]:
+    """(state dict, metadata) of safetensors bytes; the hash first, and never an unpickling."""
+    got = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and got != sha256:
+        kind = " (and it is now a pickle)" if _is_pickle(data) else ""
+        raise InputError(f"{where}: sha256 {got[:16]}... differs from the {sha256[:16]}... recorded at "
+                         f"registration{kind}: the file was changed, so it is not loaded")
+    if _is_pickle(data):
+        raise InputError(f"{where}: is a pickle (torch.save) file, not safetensors; pickled model files are "
+                         f"refused, never unpickled; save weights with safetensors.torch.save_file")
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if not (0 < n <= len(data) - 8 and data[8:9] == b"{"):
+        raise InputError(f"{where}: not a safetensors file (no safetensors header in its first bytes)")
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        state = load(data)
+        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    except (SafetensorError, ValueError) as e:
+        raise InputError(f"{where}: not a readable safetensors file ({e})") from None
+    return state, meta
+
+
+def load_weights(path: Path | str, sha256: str | None = None):
+    """A module from a local safetensors file written by train (model name and config in its metadata)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the weights ({e.strerror or e})") from None
+    return build_module(*parse_weights(data, str(path), sha256), str(path))
+
+
+def build_module(state: dict, meta: dict, where: str):
+    from models import build
+
+    if "model" not in meta or "config" not in meta:
+        raise InputError(f"{where}: safetensors metadata lacks 'model'/'config'; not written by train")
+    try:
+        module = build(meta["model"], json.loads(meta["config"]))
+        module.load_state_dict(state, strict=True)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise InputError(f"{where}: weights do not fit model {meta['model']!r} ({e})") from None
+    return module.eval()
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns raw input (the source's columns, or images) into the model's inputs, as at training."""
+
+    transform: dict  # clean's fitted transform
+    ingest: dict  # the version's ingest params: how raw input is read (header, delimiter, image shape...)
+    text: dict  # the version's augment.text params
+    columns: dict  # the raw columns and their Arrow types, in the snapshot's order
+    kind: str = "table"  # or "images"
+    tokenizer: Any = None
+
+    def required(self) -> list[str]:
+        t = self.transform
+        return [c["name"] for c in t["numeric"] + t["categorical"]] + ([t["text_column"]] if t.get("text_column")
+                                                                         else [])
+
+    def features(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        from tasks import transform as tf
+
+        arrays, text = tf.apply(batch, self.transform)
+        x = (np.column_stack([a.to_numpy(zero_copy_only=False) for a in arrays]).astype(np.float32) if arrays
+             else np.empty((batch.num_rows, 0), np.float32))
+        if self.tokenizer is not None:
+            from tasks.augment import bag_of_words, token_sequences
+
+            ids = [e.ids for e in self.tokenizer.encode_batch(text.to_pylist())]
+            extra = (token_sequences(ids, self.text["max_tokens"]) if self.text["representation"] == "sequence"
+                     else bag_of_words(ids, self.tokenizer.get_vocab_size()))
+            x = np.hstack([x, extra])
+        return x
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A registered version, ready: the module, its preprocessing, and where it came from."""
+
+    module: Any
+    preprocessing: Preprocessing
+    version: Version
+    lineage: dict = field(repr=False)
+
+    def predict(self, batch: pa.RecordBatch | pa.Table, chunk: int = 512) -> dict[str, np.ndarray]:
+        """Raw rows in, {"prediction", "probability"} out (a regression: the value in the target's units)."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(self.preprocessing.features(batch)))
+        with torch.no_grad():
+            out = torch.cat([self.module(b) for b in x.split(chunk)]) if len(x) else torch.empty(0, 1)
+        t = self.preprocessing.transform
+        if t.get("task") == "regression":
+            return {"prediction": out.squeeze(-1).double().numpy() * t["target"]["scale"] + t["target"]["center"]}
+        prob, idx = torch.softmax(out.float(), dim=1).max(dim=1)
+        classes = np.array([str(c) for c in t["classes"]], dtype=object)
+        return {"prediction": classes[idx.numpy()], "probability": prob.numpy()}
+
+
+def _reader(repo: str | Path, v: Version):
+    """read(path, what) -> bytes of a file at the version's commit, from the DVC cache or remote."""
+    from dvc.fs import DVCFileSystem
+
+    fs = DVCFileSystem(repo=str(repo), rev=v.commit)
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            return fs.read_bytes(path)
+        except Exception as e:  # not pulled and no remote, or a remote that does not answer
+            raise InputError(f"{v}: the {what} {path} at {v.commit[:8]} is neither in the DVC cache nor in a "
+                             f"reachable remote; run `dvc pull` ({type(e).__name__}: {e})") from None
+
+    return read
+
+
+def _recorded(v: Version, rec: dict | None, what: str) -> dict:
+    if not rec or not rec.get("path") or not rec.get("sha256"):
+        raise InputError(f"{v}: its lineage records no path and sha256 for the {what}, so it cannot be checked "
+                         f"before use (registered before the {what} was versioned with the model?)")
+    return rec
+
+
+def _checked(data: bytes, rec: dict, v: Version, what: str) -> bytes:
+    if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+        raise InputError(f"{v}: the {what} {rec['path']} differs from the sha256 recorded at registration; "
+                         f"the file was changed, so it is not used")
+    return data
+
+
+def load_model(spec: str, repo: str | Path = ".") -> Loaded:
+    """A registered version (NAME@VERSION, NAME@STAGE or NAME@latest) with its saved preprocessing."""
+    v = resolve(spec, repo)
+    rec = read_lineage(v, repo)
+    read = _reader(repo, v)
+    model = _recorded(v, rec.get("model"), "weights")
+    where = f"{v}: {model['path']}"
+    module = build_module(*parse_weights(read(model["path"], "weights"), where, model["sha256"]), where)
+    pre = rec.get("preprocessing") or {}
+    tf_rec = _recorded(v, pre.get("transform"), "transform")
+    transform = json.loads(_checked(read(tf_rec["path"], "transform"), tf_rec, v, "transform"))
+    tokenizer = None
+    if pre.get("tokenizer"):
+        from tokenizers import Tokenizer
+
+        tok = _recorded(v, pre["tokenizer"], "tokenizer")
+        tokenizer = Tokenizer.from_str(_checked(read(tok["path"], "tokenizer"), tok, v, "tokenizer").decode())
+    params, inp = rec.get("params") or {}, rec.get("input") or {}
+    prep = Preprocessing(transform=transform, ingest=params.get("ingest", {}),
+                         text=params.get("augment", {}).get("text", {}), columns=dict(inp.get("columns") or []),
+                         kind=inp.get("kind", "table"), tokenizer=tokenizer)
+    return Loaded(module=module, preprocessing=prep, version=v, lineage=rec)

@@ -1,0 +1,204 @@
+"""predict: raw input through a registered model and its saved preprocessing, into Parquet, in batches.
+
+    python -m tasks.predict digits@prod data/new.csv -o predictions.parquet
+    python -m tasks.predict digits@v0.0.3 photos/ more/7.png -o predictions.parquet   # a model of images
+    python -m tasks.predict digits@prod new.csv -o out.parquet --repo ../other-clone --batch-rows 4096
+
+    from tasks.loading import load_model
+    from tasks.predict import predict
+    predict(load_model("digits@prod"), [Path("new.csv")], Path("out.parquet"))
+
+Input is read the way ingest read the version's own source (its ingest params are in its lineage):
+a CSV (header, delimiter and encoding as then; without a header, the columns in the source's order,
+with or without the label last), Parquet or JSON lines with the source's columns; for a model trained
+on an image folder, image files or folders of them (grayscale, the training image shape). Rows
+stream through in batches of --batch-rows: the version's fitted transform (and tokenizer), the model,
+one Parquet row group per batch. The output has a row per input row: `source` (the file), `row` (its
+index there), `prediction` (the class name, or a regression's value in the target's units) and, for
+classes, `probability` (of the predicted class).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from tasks.errors import InputError, run_main
+from tasks.loading import Loaded, Preprocessing, load_model
+from tasks.sources import IMAGE_SUFFIXES, MAX_LISTED, _first_line, _table_format
+from tasks.tables import table_writer
+
+DEFAULT_BATCH_ROWS = 8192
+
+
+def output_schema(regression: bool) -> pa.Schema:
+    fields = [pa.field("source", pa.string(), nullable=False), pa.field("row", pa.int64(), nullable=False)]
+    if regression:
+        return pa.schema(fields + [pa.field("prediction", pa.float64(), nullable=False)])
+    return pa.schema(fields + [pa.field("prediction", pa.string(), nullable=False),
+                               pa.field("probability", pa.float32(), nullable=False)])
+
+
+def _types(prep: Preprocessing) -> dict[str, pa.DataType]:
+    out = {}
+    for name, alias in prep.columns.items():
+        try:
+            out[name] = pa.type_for_alias(alias)
+        except ValueError:  # a type without an alias: left to the reader
+            pass
+    return out
+
+
+def _csv(path: Path, prep: Preprocessing, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    ing, names = prep.ingest, list(prep.columns)
+    read = pacsv.ReadOptions(encoding=ing.get("encoding", "utf8"), block_size=1 << 22)
+    if not ing.get("header", True):  # columns by position, as ingest named them
+        label = ing.get("label_column", "label")
+        n = len(_first_line(path).rstrip("\r\n").split(ing.get("delimiter", ",")))
+        if n not in (len(names), len(names) - 1):
+            raise InputError(f"{path}: {n} columns in the first line; the model's source (no header) had "
+                             f"{len(names)}, the last one the label {label!r}: give {len(names) - 1} or {len(names)}")
+        read.column_names = names[:n]
+    try:
+        reader = pacsv.open_csv(path, read_options=read,
+                                parse_options=pacsv.ParseOptions(delimiter=ing.get("delimiter", ",")),
+                                convert_options=pacsv.ConvertOptions(column_types=_types(prep),
+                                                                     strings_can_be_null=True))
+        yield from reader
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot be read as the model's source was ({str(e).splitlines()[0]}); "
+                         f"expected columns {', '.join(names[:8])}... of types {_types(prep)}") from None
+
+
+def table_batches(path: Path, prep: Preprocessing, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    fmt = _table_format(path.name, prep.ingest.get("format", "auto"))
+    try:
+        if fmt == "parquet":
+            source = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        elif fmt == "jsonl":
+            source = pajson.open_json(path)
+        else:
+            source = _csv(path, prep, batch_rows)
+        for batch in source:
+            missing = [c for c in prep.required() if c not in batch.schema.names]
+            if missing:
+                raise InputError(f"{path}: missing column(s) {missing[:10]} that the model's preprocessing needs "
+                                 f"(expected the source's columns: {', '.join(list(prep.columns)[:12])})")
+            for start in range(0, batch.num_rows, batch_rows):
+                yield batch.slice(start, batch_rows)
+    except FileNotFoundError:
+        raise InputError(f"{path}: input file not found") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: not a readable {fmt} file ({str(e).splitlines()[0]})") from None
+
+
+def image_batches(files: list[Path], prep: Preprocessing, batch_rows: int) -> Iterator[tuple[list, pa.RecordBatch]]:
+    """Pixels x0..x{h*w-1} (uint8, row-major), as ingest read the training images; every file checked."""
+    from PIL import Image, UnidentifiedImageError
+
+    h, w = prep.ingest["image_shape"]
+    for start in range(0, len(files), batch_rows):
+        chunk = files[start:start + batch_rows]
+        pixels, bad = np.empty((len(chunk), h * w), np.uint8), []
+        for i, path in enumerate(chunk):
+            try:
+                with Image.open(path) as im:
+                    im.load()
+                    if im.mode != "L" or im.size != (w, h):
+                        bad.append(f"{path}: {im.size[1]}x{im.size[0]} {im.mode}, expected {h}x{w} L (8-bit grayscale)")
+                        continue
+                    pixels[i] = np.asarray(im, dtype=np.uint8).reshape(-1)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                bad.append(f"{path}: not a readable image ({type(e).__name__}: {e})")
+        if bad:
+            raise InputError(f"{len(bad)} bad image file(s):\n  - " + "\n  - ".join(bad[:MAX_LISTED]))
+        yield [str(p) for p in chunk], pa.RecordBatch.from_arrays(  # named as ingest names image pixels
+            [pa.array(pixels[:, j]) for j in range(h * w)], names=[f"x{j}" for j in range(h * w)])
+
+
+def _images_in(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return [path]
+
+
+def batches(inputs: list[Path], prep: Preprocessing, batch_rows: int
+            ) -> Iterator[tuple[list | str, int, pa.RecordBatch]]:
+    """(source name(s), index of the first row in its source, raw batch) over every input."""
+    for path in inputs:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: input not found")
+        image = path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
+        if image and prep.kind != "images":
+            raise InputError(f"{path}: images given, but the model was trained on a table source "
+                             f"({prep.ingest.get('source')}); give a CSV, Parquet or JSON-lines file with its columns")
+        if image:
+            files = _images_in(path)
+            if not files:
+                raise InputError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")
+            start = 0
+            for names, batch in image_batches(files, prep, batch_rows):
+                yield names, start, batch
+                start += batch.num_rows
+        else:
+            start = 0
+            for batch in table_batches(path, prep, batch_rows):
+                yield str(path), start, batch
+                start += batch.num_rows
+
+
+def predict(model: Loaded, inputs: list[Path], out: Path, batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
+    """Predictions of `model` for every row of `inputs`, written to the Parquet file `out`."""
+    from tqdm import tqdm
+
+    if batch_rows < 1:
+        raise InputError(f"--batch-rows {batch_rows}: expected at least 1")
+    if Path(out).suffix != ".parquet":
+        raise InputError(f"{out}: the output is Parquet; name it *.parquet")
+    regression = model.preprocessing.transform.get("task") == "regression"
+    schema, rows = output_schema(regression), 0
+    with table_writer(Path(out), schema) as writer, tqdm(desc=f"predict {model.version}", unit="rows") as bar:
+        for source, start, batch in batches(inputs, model.preprocessing, batch_rows):
+            n = batch.num_rows
+            if n == 0:
+                continue
+            p = model.predict(batch)
+            names = source if isinstance(source, list) else [source] * n
+            cols = [pa.array(names, pa.string()), pa.array(np.arange(start, start + n)),
+                    pa.array(p["prediction"], schema.field("prediction").type)]
+            if not regression:
+                cols.append(pa.array(p["probability"], pa.float32()))
+            writer.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema))
+            rows += n
+            bar.update(n)
+        if rows == 0:
+            raise InputError(f"no rows to predict in {', '.join(map(str, inputs))}")
+    return {"version": str(model.version), "rows": rows, "output": str(out)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tasks.predict", description=__doc__.split("\n\n")[0])
+    ap.add_argument("spec", help="NAME@VERSION, NAME@STAGE or NAME@latest, e.g. digits@prod")
+    ap.add_argument("inputs", nargs="+", type=Path, help="CSV / Parquet / JSON-lines files, or images and folders")
+    ap.add_argument("-o", "--output", type=Path, required=True, help="the Parquet file to write")
+    ap.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS)
+    ap.add_argument("--repo", default=".", help="the git/DVC repository holding the registry (default: here)")
+    args = ap.parse_args(argv)
+
+    def body():
+        s = predict(load_model(args.spec, args.repo), args.inputs, args.output, args.batch_rows)
+        print(f"predict: {args.spec} ({s['version']}): {s['rows']} rows -> {s['output']}")
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""registry: specs, policy-gated promotion, rollback, decisions, lineage queries; concurrent registrations.
+
+Real GTO tags in a throwaway git repo; the weights are tiny safetensors files (the stage around them is
+tested end to end in tests/e2e/test_registry.py).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tasks import registry
+from tasks.errors import InputError
+from tasks.register import register
+from tasks.tables import write_json
+from tests.conftest import ROOT
+from tests.tasks.test_register import produce, repo  # noqa: F401  (the fixture)
+
+
+def holder(stage="prod"):
+    return registry.stage_holder("digits", stage).version
+
+
+def dvc_stage_rev(stage="prod"):
+    """What `dvc artifacts get --stage` resolves the stage to (DVC's own reading of the GTO tags)."""
+    from dvc.repo import Repo
+
+    rev = Repo(".", uninitialized=True).artifacts.get_rev("digits", stage=stage)
+    return subprocess.run(["git", "rev-parse", rev], capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.parametrize("spec", ["digits", "digits@", "Digits@prod", "digits@v1.2", "digits@prod@x", "@v0.0.1"])
+def test_bad_specs_are_named(spec):
+    with pytest.raises(InputError, match="expected NAME@VERSION"):
+        registry.parse_spec(spec)
+
+
+def test_unknown_version_stage_and_artifact_are_named(repo):  # noqa: F811
+    produce(repo, 0.9, seed=1)
+    register(repo)
+    with pytest.raises(InputError, match=r"digits has no version v0.0.7 \(versions: v0.0.1\)"):
+        registry.resolve("digits@v0.0.7")
+    with pytest.raises(InputError, match=r"no version of digits is in stage 'staging' \(stages in use: prod\)"):
+        registry.resolve("digits@staging")
+    with pytest.raises(InputError, match="no version of 'cats' is registered"):
+        registry.resolve("cats@prod")
+    assert registry.resolve("digits@latest") == registry.resolve("digits@prod")
+
+
+def test_promote_refuses_a_worse_version_and_rollback_restores_the_previous(repo):  # noqa: F811
+    for acc, seed in ((0.90, 1), (0.95, 2), (0.85, 3)):
+        produce(repo, acc, seed)
+        register(repo)
+    assert holder() == "v0.0.2"  # v0.0.3 was worse: not promoted at registration
+
+    with pytest.raises(SystemExit) as refused:  # and not by hand either: the same policy
+        registry.main(["promote", "digits@v0.0.3"])
+    assert refused.value.code == 1
+    assert holder() == "v0.0.2"
+    notes = registry.decisions(registry.resolve("digits@v0.0.3").commit)
+    assert [(n["action"], n["promote"]) for n in notes] == [("register", False), ("promote", False)]
+    assert "accuracy 0.8500 does not beat v0.0.2's 0.9500" in notes[-1]["reason"]
+
+    out = registry.rollback("digits", "prod")
+    assert (out["version"], out["previous"]) == ("v0.0.1", "v0.0.2")
+    assert holder() == "v0.0.1"  # GTO's reading ...
+    assert dvc_stage_rev() == registry.resolve("digits@v0.0.1").commit  # ... and DVC's agree
+    with pytest.raises(InputError, match="v0.0.1 is the first version to hold stage 'prod'"):
+        registry.rollback("digits", "prod")
+
+    assert registry.promote("digits@v0.0.2")["promote"]  # better than v0.0.1 again
+    assert holder() == "v0.0.2" and dvc_stage_rev() == registry.resolve("digits@v0.0.2").commit
+    assert registry.rollback("digits", "prod")["version"] == "v0.0.1"
+    with pytest.raises(InputError, match="already in stage 'prod'"):
+        registry.promote("digits@v0.0.1")
+    # one version holds the stage at a time
+    active = [v for v in registry.versions("digits") if "prod" in v["stages"]]
+    assert [v["version"] for v in active] == ["v0.0.1"]
+
+
+def test_a_data_version_that_failed_its_contract_is_not_promoted(repo):  # noqa: F811
+    produce(repo, 0.90, seed=1)
+    register(repo)
+    produce(repo, 0.99, seed=2)
+    write_json(repo.paths.contract_report, {"ok": False, "version": "d1", "violations": [{"check": "range"}]})
+    rec = register(repo)
+    assert not rec["promotion"]["promote"]
+    assert "data version d1 has not passed the data contract (reports/contract.json: 1 violation(s))" \
+        in rec["promotion"]["reason"]
+    assert holder() == "v0.0.1"
+    write_json(repo.paths.contract_report, {"ok": True, "version": "d0", "violations": []})  # another version's
+    assert "is about data version d0, not d1" in register(repo)["promotion"]["reason"]
+
+
+def test_lineage_and_trained_on_read_the_versions_dvc_lock(repo):  # noqa: F811
+    def lock(md5):
+        (repo.paths.model.parent.parent / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+            "ingest": {"outs": [{"path": "data/raw/table.parquet", "md5": md5}]},
+            "augment": {"outs": [{"path": "data/splits", "md5": "99887766554433221100aabbccddeeff.dir"}]}}}))
+
+    lock("0123456789abcdef0123456789abcdef")
+    produce(repo, 0.9, seed=1)
+    register(repo)
+    lock("fedcba9876543210fedcba9876543210")
+    produce(repo, 0.8, seed=2)
+    register(repo)
+    info = registry.lineage("digits@prod")
+    assert info["version"] == "v0.0.1"
+    assert info["data"]["ingest"] == {"data/raw/table.parquet": "0123456789abcdef0123456789abcdef"}
+    assert info["prefect_flow_run_id"] is None and info["model"]["sha256"]
+    found = registry.trained_on("0123456789abcdef")
+    assert [(v["version"], v["matches"]) for v in found] == [("v0.0.1", ["ingest: data/raw/table.parquet"])]
+    assert [v["version"] for v in registry.trained_on("99887766554433221100aabbccddeeff.dir")] == ["v0.0.2",
+                                                                                                  "v0.0.1"]
+    assert registry.trained_on("abcabcabc") == []
+    with pytest.raises(InputError, match="expected at least 6 hex digits"):
+        registry.trained_on("data/raw")
+
+
+def test_four_registrations_at_once_get_four_versions_and_keep_every_tag(repo):  # noqa: F811
+    produce(repo, 0.9, seed=1)
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-m", "tasks.register"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    tags = subprocess.run(["git", "tag", "-l"], capture_output=True, text=True).stdout.split()
+    assert sorted(t for t in tags if t.startswith("digits@")) == [f"digits@v0.0.{i}" for i in range(1, 5)]
+    assert [t for t in tags if t.startswith("digits#")] == ["digits#prod#1"]  # the first; the rest only tie
+    printed = sorted(out.split()[2] for out, _ in outs)  # "register: digits v0.0.N at ..."
+    assert printed == [f"v0.0.{i}" for i in range(1, 5)]
+    for i in range(1, 5):  # each version's commit holds its own lineage, and its decision is recorded
+        v = registry.resolve(f"digits@v0.0.{i}")
+        assert registry.read_lineage(v)["version"] == f"v0.0.{i}"
+        assert [d["action"] for d in registry.decisions(v.commit)] == ["register"]
+    commits = {registry.resolve(f"digits@v0.0.{i}").commit for i in range(1, 5)}
+    assert len(commits) == 4
+    assert holder() == "v0.0.1"
+
+
+def test_cli_lists_and_shows_with_the_model_card(repo, capsys):  # noqa: F811
+    produce(repo, 0.9, seed=1)
+    register(repo, flow_run_id="run-7")
+    registry.main(["list"])
+    assert "digits@v0.0.1" in capsys.readouterr().out
+    registry.main(["show", "digits@prod"])
+    out = capsys.readouterr().out
+    assert "digits v0.0.1 at" in out and "flow run run-7" in out
+    assert "# Model card: digits v0.0.1" in out and "## Intended use" in out
+    registry.main(["--json", "lineage", "digits@v0.0.1"])
+    assert json.loads(capsys.readouterr().out)["version"] == "v0.0.1"
+    with pytest.raises(SystemExit) as bad:
+        registry.main(["show", "digits@nope!"])
+    assert bad.value.code == 2
+    assert "model spec 'digits@nope!'" in capsys.readouterr().err
+
+
+def test_a_reproducibility_requirement_refuses_uncommitted_code(repo):  # noqa: F811
+    produce(repo, 0.9, seed=1)
+    register(repo)
+    strict = repo.model_copy(update={"register_": repo.register.model_copy(update={"require_reproducible": True})})
+    (repo.paths.model.parent.parent / "tasks").mkdir()
+    (repo.paths.model.parent.parent / "tasks" / "patch.py").write_text("x = 1\n")
+    produce(repo, 0.99, seed=2)
+    rec = register(strict)
+    assert not rec["promotion"]["promote"] and holder() == "v0.0.1"
+    assert rec["promotion"]["reason"] == "not shown reproducible (uncommitted changes in tasks/)"
