@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: setup          ## the whole pipeline on the default data, by DVC
 	dvc repro
 	dvc metrics show
-	gto show
+	python -m tasks.registry list
 
 flow: setup         ## the same DAG as a Prefect flow on the embedded server
 	python -m flows.pipeline

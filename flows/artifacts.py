@@ -5,7 +5,8 @@
     training-epochs    table: the per-epoch training and validation metrics
     evaluation-metrics table: test precision, recall, F1 per class and macro
     registered-model   markdown: the version, the promotion decision, training curves and the
-                       confusion matrix as images, and the model card
+                       confusion matrix as images
+    model-card         markdown: the version's model card (tasks/model_card.py)
     run-plan           markdown: which stages the run was to execute, and why (flows/plan.py)
 
 Every function reads files the stages wrote (paths from params.yaml); a file a
@@ -127,8 +128,9 @@ def publish_model(repo: Path) -> None:
           f"- code commit: `{lineage['code_commit']}`\n\n")
     md += png_markdown(repo / p.paths.figures / CURVES_PNG, "Training curves")
     md += png_markdown(repo / p.paths.figures / CONFUSION_PNG, "Confusion matrix")
-    card = getattr(p.paths, "model_card", None)
-    if card is not None and (repo / card).exists():
-        md += "\n---\n\n" + (repo / card).read_text()
     create_markdown_artifact(key="registered-model", markdown=md,
                              description=f"{lineage['artifact']} {lineage['version']}")
+    card = repo / p.paths.model_card
+    if card.exists():
+        create_markdown_artifact(key="model-card", markdown=card.read_text(),
+                                 description=f"model card of {lineage['artifact']} {lineage['version']}")

@@ -25,7 +25,7 @@ from tests.conftest import ROOT, copy_repo, run
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 STAGES = ["ingest", "clean", "augment", "train", "evaluate", "register"]
 ARTIFACTS = {"run-plan", "data-report", "training-progress", "training-epochs", "evaluation-metrics",
-             "registered-model"}
+             "registered-model", "model-card"}
 OVERRIDES = {"train.model": "mlp", "train.epochs": 2}
 SCREENSHOTS = ROOT / "test-output"  # kept after the run (gitignored), for people to look at
 
@@ -110,6 +110,7 @@ def test_worker_run_completes_with_task_runs_and_artifacts(deployed_run):
     assert artifacts["training-progress"]["data"] == 100.0  # updated every epoch, to the last
     assert len(json.loads(artifacts["training-epochs"]["data"])) == OVERRIDES["train.epochs"]
     assert "data:image/png;base64," in artifacts["registered-model"]["data"]  # figures the UI shows
+    assert artifacts["model-card"]["data"] == (repo / "registry/model_card.md").read_text()
     lineage = json.loads((repo / "registry/lineage.json").read_text())
     assert lineage["prefect_flow_run_id"] == flow_run_id
 
