@@ -23,9 +23,9 @@ from ruamel.yaml import YAML
 
 from tasks.errors import InputError
 from tasks.params import load_params
+from tasks.registry import author
 
 PARAMS = "params.yaml"
-FALLBACK_AUTHOR = ("dagtrain", "dagtrain@localhost")  # for workers with no git identity
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
@@ -44,8 +44,7 @@ def dvc(repo: Path, *args: str) -> str:
 
 def identity(repo: Path) -> list[str]:
     """`git -c` options: git's own identity where one is configured, the pipeline's otherwise."""
-    name, email = git(repo, "config", "user.name", check=False), git(repo, "config", "user.email", check=False)
-    name, email = (name, email) if name and email else FALLBACK_AUTHOR
+    name, email = author(repo)
     return ["-c", f"user.name={name}", "-c", f"user.email={email}"]
 
 
@@ -65,6 +64,8 @@ def apply_overrides(repo: Path, overrides: dict[str, Any]) -> str:
     path = repo / PARAMS
     original = path.read_text()
     yaml = YAML()
+    yaml.width = 10_000  # never re-wrap a long line
+    yaml.indent(mapping=2, sequence=4, offset=2)  # block lists as params.yaml writes them
     yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = yaml.load(original)
     unknown = []

@@ -134,5 +134,5 @@ def test_contract_violation_fails_the_flow_and_shows_the_report(tmp_path, prefec
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-    (card,) = [a for a in artifacts if a.key == "data-contract"]
+    (card,) = [a for a in artifacts if a.key == "data-report"]
     assert "failed" in card.data and "mixed types" in card.data
