@@ -7,8 +7,9 @@
                them too), and a second commit puts params.yaml back afterwards
     push:      `dvc push` of data, checkpoints and model to a DVC remote (the
                default remote, or a named one), and optionally `git push` of the
-               branch and the registry's tags, so that any registered version can
-               be restored elsewhere with `git clone` + `dvc pull`
+               branch, the registry's tags and its decision notes, so that any
+               registered version can be restored elsewhere with `git clone` +
+               `dvc pull`
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ruamel.yaml import YAML
 
 from tasks.errors import InputError
 from tasks.params import load_params
-from tasks.registry import author
+from tasks.registry import NOTES_REF, author
 
 PARAMS = "params.yaml"
 
@@ -124,5 +125,8 @@ def push(repo: Path, dvc_remote: str | None, git_remote: str | None, branch: str
         ref = branch or git(repo, "rev-parse", "--abbrev-ref", "HEAD")
         git(repo, "push", "-q", git_remote, ref)
         git(repo, "push", "-q", git_remote, "--tags")
-        done.append(f"git: pushed {ref} and tags to {git_remote}")
+        notes = git(repo, "rev-parse", "--verify", "--quiet", f"refs/notes/{NOTES_REF}", check=False)
+        if notes:  # the registry's decisions (tasks/registry.py), which a plain push leaves behind
+            git(repo, "push", "-q", git_remote, f"refs/notes/{NOTES_REF}")
+        done.append(f"git: pushed {ref}, tags{' and registry notes' if notes else ''} to {git_remote}")
     return done

@@ -62,6 +62,18 @@ def test_runs_commit_on_their_branch_only_what_they_name(repo):
         trace.switch_branch(repo, "bad..name")
 
 
+def test_push_sends_the_branch_tags_and_registry_notes(repo, tmp_path_factory):
+    origin, storage = tmp_path_factory.mktemp("origin") / "repo.git", tmp_path_factory.mktemp("storage")
+    subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+    for cmd in (["dvc", "init", "-q"], ["dvc", "remote", "add", "-d", "storage", str(storage)],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "dvc"], ["git", "remote", "add", "origin", str(origin)],
+                ["git", "tag", "digits@v0.0.1"], ["git", "notes", "--ref=registry", "add", "-m", "{}"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+    trace.push(repo, None, "origin", "main")
+    refs = {line.split()[1] for line in trace.git(repo, "ls-remote", str(origin)).splitlines()}
+    assert {"refs/heads/main", "refs/tags/digits@v0.0.1", "refs/notes/registry"} <= refs
+
+
 def test_two_trainings_never_hold_the_hardware_at_once(prefect_server):
     from flows.pipeline import slot
 
