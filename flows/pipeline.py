@@ -35,7 +35,7 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.runtime import flow_run
 
 from flows import artifacts, plan, trace
-from flows.stages import StageFailed, TransientStageFailure, run_dvc_stage, stage_outs, stage_task  # noqa: F401
+from flows.stages import stage_outs, stage_task
 from tasks.sources import is_remote
 
 STAGES = ("ingest", "clean", "augment", "train", "evaluate", "register")
