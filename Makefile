@@ -30,8 +30,11 @@ run: setup          ## the whole pipeline on the default data, by DVC
 flow: setup         ## the same DAG as a Prefect flow on the embedded server
 	python -m flows.pipeline
 
+# two workers, one test file each (module fixtures stay in one process): a third faster on 2 cores
+PYTEST_WORKERS ?= 2
+
 test: setup         ## every test, the slow end-to-end ones included
-	python -m pytest
+	python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	python -m pytest -m "not slow"

@@ -151,7 +151,8 @@ def assert_same_outputs(repo: Path, clone: Path) -> None:
 def test_fresh_clone_restores_everything_from_the_local_remote(deployed_run, tmp_path):
     _, repo, _ = deployed_run
     name = run(["dvc", "remote", "default"], repo).stdout.strip()
-    storage = Path(dict(line.split()[:2] for line in run(["dvc", "remote", "list"], repo).stdout.splitlines())[name])
+    url = run(["dvc", "config", f"remote.{name}.url"], repo).stdout.strip()  # as written, relative to .dvc/
+    storage = (repo / ".dvc" / url).resolve()
     assert any(storage.rglob("*")), f"nothing was pushed to {storage}"
     # on another machine the remote is wherever that machine reaches the storage: set it there
     clone = restored_in_fresh_clone(repo, tmp_path / "clone", [["modify", "--local", name, "url", str(storage)]],
