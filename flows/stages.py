@@ -63,15 +63,32 @@ def error_lines(lines: list[str]) -> list[str]:
     return errors
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def stop_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
-    """SIGTERM to the stage's whole process group, SIGKILL to what is left after `grace_s`."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait)
-    with contextlib.suppress(ProcessLookupError):  # children that outlived the group leader
+    """SIGTERM to the stage's whole process group; SIGKILL to what is left after `grace_s`.
+
+    The wait is for the whole group, not for DVC alone: DVC exits at once on SIGTERM, while the
+    DeepSpeed ranks are still writing their preemption checkpoint.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the group leader, or its zombie keeps the group alive
+        if not group_alive(proc.pid):
+            break
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
 
 
 class EpochProgress:

@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
 import yaml
 
 from flows.plan import MAYBE, RUN, SKIP, plan, will_run
-from tests.conftest import copy_repo, run, set_params
+from tests.conftest import ROOT, copy_repo, run, set_params
 
 pytestmark = pytest.mark.slow
 SOURCE = "data/sources/digits.csv"
@@ -110,3 +117,26 @@ def test_a_failed_stage_fails_the_flow_with_its_error_and_the_rerun_starts_there
     assert {s: v["status"] for s, v in summaries.items() if s in ("ingest", "clean", "augment")} == dict.fromkeys(
         ("ingest", "clean", "augment"), "skipped")
     assert summaries["train"]["status"] == "ran"
+
+
+def test_a_terminated_flow_run_checkpoints_and_leaves_no_process_behind(repo, tmp_path, prefect_server):
+    """SIGTERM to the flow's process, as a Prefect cancellation sends: training checkpoints, then all is gone."""
+    from prefect.settings import get_current_settings
+
+    params = (repo / "params.yaml").read_text()
+    env = os.environ | {"PREFECT_API_URL": str(get_current_settings().api.url)}  # this session's server
+    code = f"from flows.pipeline import pipeline; pipeline(repo={str(repo)!r}, overrides={{'train.epochs': 40}})"
+    log = tmp_path / "flow.log"
+    with log.open("w") as out:
+        flow = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while "train: epoch 2/40" not in log.read_text():
+        assert flow.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    flow.send_signal(signal.SIGTERM)
+    assert flow.wait(timeout=60) != 0
+    markers = [json.loads(m.read_text()) for m in repo.glob("checkpoints/*/step*/complete.json")]
+    assert any(m["reason"] == "preempted" for m in markers), log.read_text()[-3000:]
+    left = [p.info for p in psutil.process_iter(["pid", "cmdline", "cwd"]) if p.info["cwd"] == str(repo)]
+    assert left == []
+    assert (repo / "params.yaml").read_text() == params  # the override is undone
