@@ -9,8 +9,8 @@
     model-card         markdown: the version's model card (tasks/model_card.py)
     run-plan           markdown: which stages the run was to execute, and why (flows/plan.py)
 
-Every function reads files the stages wrote (paths from params.yaml); a file a
-run did not produce is left out, never invented.
+Every function reads files the stages wrote (paths from the run's params); a
+file a run did not produce is left out, never invented.
 """
 
 from __future__ import annotations
@@ -77,9 +77,8 @@ def clean_markdown(repo: Path, p: Params) -> list[str]:
     return md
 
 
-def publish_data_report(repo: Path) -> None:
+def publish_data_report(repo: Path, p: Params) -> None:
     """The data contract report and the clean report, as one markdown artifact (pass or fail)."""
-    p = repo_params(repo)
     md = contract_markdown(repo, p)
     if not md:
         return
@@ -88,9 +87,8 @@ def publish_data_report(repo: Path) -> None:
                              description=md[1].lstrip("# ").strip())
 
 
-def publish_training(repo: Path) -> None:
+def publish_training(repo: Path, p: Params) -> None:
     """The per-epoch metrics of the last training, as a table."""
-    p = repo_params(repo)
     path = repo / p.paths.train_history
     if not path.exists():
         return
@@ -114,9 +112,8 @@ def publish_evaluation(repo: Path, p: Params) -> None:
     create_table_artifact(key="evaluation-metrics", table=rows, description=description)
 
 
-def publish_model(repo: Path) -> None:
+def publish_model(repo: Path, p: Params) -> None:
     """Test metrics as a table; the registered version, its figures and its model card as markdown."""
-    p = repo_params(repo)
     publish_evaluation(repo, p)
     metrics = json.loads((repo / p.paths.metrics).read_text())
     lineage = json.loads((repo / p.paths.lineage).read_text())

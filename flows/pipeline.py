@@ -30,12 +30,14 @@ from typing import Any
 
 from prefect import flow, get_client
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run
 
 from flows import artifacts, plan, trace
 from flows.stages import stage_outs, stage_task
+from tasks.params import Params
 from tasks.sources import is_remote
 
 STAGES = ("ingest", "clean", "augment", "train", "evaluate", "register")
@@ -43,10 +45,14 @@ ingest, clean, augment, train, evaluate, register = (stage_task(s) for s in STAG
 
 
 def slot(name: str) -> contextlib.AbstractContextManager:
-    """A Prefect global concurrency limit of 1 (created if missing): one holder at a time, others wait."""
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):  # made meanwhile
-        if not any(c.name == name for c in client.read_global_concurrency_limits(limit=200)):
-            client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    """A Prefect global concurrency limit (made with limit 1 if missing; a limit a user set is kept):
+    one holder at a time, the others wait."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run made it meanwhile
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
     return concurrency(name, occupy=1, strict=True)
 
 
@@ -54,9 +60,9 @@ def checkout_slot(repo: Path) -> str:
     return "checkout-" + hashlib.sha1(str(repo.resolve()).encode()).hexdigest()[:12]
 
 
-def name_after_data(repo: Path) -> None:
+def name_after_data(repo: Path, p: Params) -> None:
     """Rename the flow run after the data version ingest left (the UI lists runs by it)."""
-    manifest = repo / artifacts.repo_params(repo).paths.raw_manifest
+    manifest = repo / p.paths.raw_manifest
     run_id = flow_run.get_id()
     if manifest.exists() and run_id:
         version = json.loads(manifest.read_text())["version"]
@@ -64,24 +70,24 @@ def name_after_data(repo: Path) -> None:
             client.update_flow_run(run_id, name=f"data-{version}-{flow_run.get_name()}")
 
 
-def run_stages(repo: Path, only_if_new_data: bool, train_timeout_s: float, hardware_slot: str) -> list[dict]:
+def run_stages(repo: Path, p: Params, only_if_new_data: bool, train_timeout_s: float,
+               hardware_slot: str) -> list[dict]:
     r = str(repo)
     before = stage_outs(repo, "ingest")
-    remote = is_remote(artifacts.repo_params(repo).ingest.source)
     try:  # a remote source may have changed without DVC seeing it: always look
-        summaries = [ingest(stage="ingest", repo=r, timeout_s=600, force=remote)]
+        summaries = [ingest(stage="ingest", repo=r, timeout_s=600, force=is_remote(p.ingest.source))]
     finally:
-        artifacts.publish_data_report(repo)
-    name_after_data(repo)
+        artifacts.publish_data_report(repo, p)
+    name_after_data(repo, p)
     if only_if_new_data and summaries[0]["outs"] == before and stage_outs(repo, "register"):
         print("ingest: the data version is unchanged; nothing to retrain")
         return summaries
     summaries += [clean(stage="clean", repo=r, timeout_s=600), augment(stage="augment", repo=r, timeout_s=600)]
     with slot(hardware_slot):  # no two trainings share the hardware
         summaries.append(train(stage="train", repo=r, timeout_s=train_timeout_s))
-    artifacts.publish_training(repo)
+    artifacts.publish_training(repo, p)
     summaries += [evaluate(stage="evaluate", repo=r, timeout_s=600), register(stage="register", repo=r, timeout_s=600)]
-    artifacts.publish_model(repo)
+    artifacts.publish_model(repo, p)
     return summaries
 
 
@@ -105,11 +111,12 @@ def pipeline(repo: str = ".", overrides: dict[str, Any] | None = None, branch: s
             trace.switch_branch(path, branch)
         original = trace.apply_overrides(path, overrides) if overrides else None
         try:
+            p = artifacts.repo_params(path)  # as this run sees them, overrides included
             steps = plan.plan(path, driver="flow")
             create_markdown_artifact(key="run-plan", markdown=plan.markdown(steps, "flow"),
                                      description=", ".join(s["stage"] for s in steps if s["action"] == plan.RUN)
                                      or "everything up to date")
-            summaries = run_stages(path, only_if_new_data, train_timeout_s, hardware_slot)
+            summaries = run_stages(path, p, only_if_new_data, train_timeout_s, hardware_slot)
             ran = [s["stage"] for s in summaries if s["status"] == "ran"]
             if branch or overrides:
                 what = f" with {json.dumps(overrides)}" if overrides else ""

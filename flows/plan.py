@@ -25,6 +25,8 @@ import contextlib
 import json
 from pathlib import Path
 
+from tasks.errors import run_main
+
 RUN, RESTORE, MAYBE, SKIP = "run", "restore", "if upstream changes", "up to date"
 
 
@@ -85,40 +87,53 @@ def _restorable(repo, stage) -> bool:
 
 
 def plan(repo_path: str | Path = ".", driver: str = "dvc") -> list[dict]:
-    """[{stage, action, reasons}] in the order the stages run."""
-    import networkx as nx
+    """[{stage, action, reasons, waits_on}] in the order the stages run."""
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
-    from flows.stages import stage_outs
+    from tasks.errors import InputError
     from tasks.params import load_params
     from tasks.sources import is_remote
 
-    with contextlib.chdir(repo_path), Repo(".") as repo:  # stage names as in dvc.yaml, not relative paths
-        forced = {"ingest"} if driver == "flow" and is_remote(load_params().ingest.source) else set()
-        status = repo.status()
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        order = list(reversed(list(nx.topological_sort(graph))))
-        steps, upstream_runs = [], {}
-        for stage in order:
-            name = stage.addressing
-            own = _reasons(stage, status.get(name, []))
-            if own and not stage_outs(Path("."), name):
-                own = ["never run here (no entry in dvc.lock)"]
-            if name in forced:
-                own.insert(0, "forced by the flow: a URL source may change without DVC seeing it")
-            feeding = sorted(u.addressing for u in graph.successors(stage) if u.addressing in upstream_runs)
-            if own and (name in forced or not _restorable(repo, stage)):
-                action = RUN
-            elif own:
-                action = RESTORE
-            elif feeding:
-                action, own = MAYBE, [f"runs if {u} writes different outputs" for u in feeding]
-            else:
-                action = SKIP
-            if action != SKIP:
-                upstream_runs[name] = action
-            steps.append({"stage": name, "action": action, "reasons": own,
-                          "waits_on": feeding if action == MAYBE else []})
+    if not Path(repo_path, "dvc.yaml").is_file():
+        raise InputError(f"{repo_path}: no dvc.yaml here; give the pipeline's checkout")
+    try:
+        with contextlib.chdir(repo_path), Repo(".") as repo:  # stage names as in dvc.yaml, not relative paths
+            forced = {"ingest"} if driver == "flow" and is_remote(load_params().ingest.source) else set()
+            return _steps(repo, forced)
+    except NotDvcRepoError as e:
+        raise InputError(f"{repo_path}: {e}") from None
+
+
+def _steps(repo, forced: set[str]) -> list[dict]:
+    import networkx as nx
+    import yaml
+
+    status = repo.status()
+    lock = Path("dvc.lock")
+    locked = set((yaml.safe_load(lock.read_text()) or {}).get("stages", {})) if lock.exists() else set()
+    graph = repo.index.graph  # edges point from a stage to the stages it depends on
+    steps, upstream_runs = [], set()
+    for stage in reversed(list(nx.topological_sort(graph))):
+        name = stage.addressing
+        own = _reasons(stage, status.get(name, []))
+        if own and name not in locked:
+            own = ["never run here (no entry in dvc.lock)"]
+        if name in forced:
+            own.insert(0, "forced by the flow: a URL source may change without DVC seeing it")
+        feeding = sorted(u.addressing for u in graph.successors(stage) if u.addressing in upstream_runs)
+        if own and (name in forced or not _restorable(repo, stage)):
+            action = RUN
+        elif own:
+            action = RESTORE
+        elif feeding:
+            action, own = MAYBE, [f"runs if {u} writes different outputs" for u in feeding]
+        else:
+            action = SKIP
+        if action != SKIP:
+            upstream_runs.add(name)
+        steps.append({"stage": name, "action": action, "reasons": own,
+                      "waits_on": feeding if action == MAYBE else []})
     return steps
 
 
@@ -141,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="dvc: `dvc repro`; flow: the Prefect flow (forces ingest of a URL source)")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = ap.parse_args(argv)
-    steps = plan(args.repo, args.driver)
+    steps = run_main(lambda: plan(args.repo, args.driver))
     if args.json:
         print(json.dumps(steps, indent=2))
         return

@@ -90,9 +90,6 @@ def precheck(p: Params) -> None:
     refuse_other_world(p.paths.checkpoints, fingerprint(p.train, p.paths.splits), world, p.train.epochs)
 
 
-
-
-
 def refuse_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> None:
     """An unfinished run of the same params and data with another number of processes is not silently
     dropped: it cannot go on exactly with this many (each epoch's data order is cut into one shard per
