@@ -104,18 +104,33 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return m["name"], m["ref"]
 
 
-def versions(name: str, repo: str | Path = ".") -> list[dict]:
+def check_repo(repo: str | Path) -> None:
+    """The registry lives in the pipeline's git checkout: say so, rather than fail inside GTO or DVC."""
+    if not Path(repo, "dvc.yaml").is_file():
+        raise InputError(f"--repo {repo}: no dvc.yaml there; give the pipeline's checkout (a git clone of it)")
+    if git("rev-parse", "--is-inside-work-tree", cwd=repo, check=False) != "true":
+        raise InputError(f"--repo {repo}: not a git repository (versions and stages are git tags)")
+
+
+def artifact_names(repo: str | Path = ".") -> list[str]:
+    """The models declared in dvc.yaml's `artifacts:`."""
+    check_repo(repo)
+    return list((yaml.safe_load(Path(repo, "dvc.yaml").read_text()) or {}).get("artifacts", {}))
+
+
+def versions(name: str, repo: str | Path = ".", missing_ok: bool = False) -> list[dict]:
     """Every registered version of `name`, newest first: version, commit, stages, created_at."""
     import gto.api
     from gto.exceptions import ArtifactNotFound
 
+    check_repo(repo)
     try:
         shown = gto.api.show(str(repo), name)
     except ArtifactNotFound:
         shown = []
     out = [{"version": v["version"], "commit": v["commit_hexsha"], "stages": [s["stage"] for s in v["stages"]],
             "created_at": v["created_at"].isoformat()} for v in shown if VERSION.match(v["version"])]
-    if not out:
+    if not out and not missing_ok:
         raise InputError(f"no version of {name!r} is registered in {Path(repo).resolve()}")
     return sorted(out, key=lambda v: tuple(int(x) for x in v["version"][1:].split(".")), reverse=True)
 
@@ -153,9 +168,8 @@ def resolve(spec: str, repo: str | Path = ".") -> Version:
 
 
 def read_at(commit: str, path: str | Path, repo: str | Path = ".") -> str | None:
-    res = subprocess.run(["git", "show", f"{commit}:{Path(path).as_posix()}"], cwd=repo, capture_output=True,
-                         text=True)
-    return res.stdout if res.returncode == 0 else None
+    """A file as committed at `commit`; None where it is not."""
+    return git("show", f"{commit}:{Path(path).as_posix()}", cwd=repo, check=False) or None
 
 
 def version_paths(commit: str, repo: str | Path = ".") -> dict:
@@ -167,14 +181,21 @@ def read_lineage(v: Version, repo: str | Path = ".") -> dict:
     path = version_paths(v.commit, repo).get("lineage", "registry/lineage.json")
     text = read_at(v.commit, path, repo)
     try:
-        return json.loads(text)
+        rec = json.loads(text)
     except (TypeError, json.JSONDecodeError):
         raise InputError(f"{v}: no readable lineage at {v.commit[:8]}:{path}") from None
+    if not isinstance(rec, dict):
+        raise InputError(f"{v}: the lineage at {v.commit[:8]}:{path} holds a {type(rec).__name__}, not a record")
+    return rec
 
 
 def decisions(commit: str, repo: str | Path = ".") -> list[dict]:
     text = git("notes", f"--ref={NOTES_REF}", "show", commit, cwd=repo, check=False)
-    return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+    except json.JSONDecodeError as e:
+        raise InputError(f"the registry note of {commit[:8]} (git notes --ref={NOTES_REF}) has a line that is "
+                         f"not JSON ({e}); fix it with `git notes --ref={NOTES_REF} edit {commit[:8]}`") from None
 
 
 def record_decision(commit: str, decision: dict, repo: str | Path = ".") -> None:
@@ -316,10 +337,9 @@ def trained_on(data_hash: str, name: str | None = None, repo: str | Path = ".") 
         raise InputError(f"data hash {data_hash!r}: expected at least 6 hex digits: an md5 from dvc.lock "
                          f"(e.g. of data/raw/table.parquet) or the data version in the ingest manifest")
     h = h.removesuffix(".dir")
-    names = [name] if name else list((yaml.safe_load(Path(repo, "dvc.yaml").read_text()) or {}).get("artifacts", {}))
     found = []
-    for n in names:
-        for v in versions(n, repo):
+    for n in [name] if name else artifact_names(repo):
+        for v in versions(n, repo, missing_ok=name is None):  # a declared model with no version yet: none
             lock = yaml.safe_load(read_at(v["commit"], "dvc.lock", repo) or "{}")
             hits = [f"{stage}: {path}" for stage, outs in data_hashes(lock).items() for path, md5 in outs.items()
                     if md5 and md5.removesuffix(".dir").startswith(h)]
@@ -365,9 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     def body():
         repo = args.repo
         if args.cmd == "list":
-            names = [args.name] if args.name else list(
-                (yaml.safe_load(Path(repo, "dvc.yaml").read_text()) or {}).get("artifacts", {}))
-            out = {n: versions(n, repo) for n in names}
+            out = {n: versions(n, repo, missing_ok=args.name is None)
+                   for n in ([args.name] if args.name else artifact_names(repo))}
         elif args.cmd == "show":
             return print(json.dumps(lineage(args.spec, repo), indent=2)) if args.json else _print_show(args.spec, repo)
         elif args.cmd == "promote":

@@ -168,3 +168,11 @@ def test_a_reproducibility_requirement_refuses_uncommitted_code(repo):  # noqa: 
     rec = register(strict)
     assert not rec["promotion"]["promote"] and holder() == "v0.0.1"
     assert rec["promotion"]["reason"] == "not shown reproducible (uncommitted changes in tasks/)"
+
+
+def test_a_repo_that_is_not_the_pipelines_checkout_is_named(tmp_path):
+    with pytest.raises(InputError, match="--repo .*: no dvc.yaml there"):
+        registry.versions("digits", tmp_path / "nowhere")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    with pytest.raises(InputError, match="--repo .*: not a git repository"):
+        registry.artifact_names(tmp_path)
