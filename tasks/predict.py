@@ -56,7 +56,7 @@ def _types(prep: Preprocessing) -> dict[str, pa.DataType]:
     return out
 
 
-def _csv(path: Path, prep: Preprocessing, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _csv(path: Path, prep: Preprocessing) -> Iterator[pa.RecordBatch]:
     ing, names = prep.ingest, list(prep.columns)
     read = pacsv.ReadOptions(encoding=ing.get("encoding", "utf8"), block_size=1 << 22)
     if not ing.get("header", True):  # columns by position, as ingest named them
@@ -85,12 +85,15 @@ def table_batches(path: Path, prep: Preprocessing, batch_rows: int) -> Iterator[
         elif fmt == "jsonl":
             source = pajson.open_json(path)
         else:
-            source = _csv(path, prep, batch_rows)
+            source = _csv(path, prep)
+        checked = False
         for batch in source:
-            missing = [c for c in prep.required() if c not in batch.schema.names]
-            if missing:
-                raise InputError(f"{path}: missing column(s) {missing[:10]} that the model's preprocessing needs "
-                                 f"(expected the source's columns: {', '.join(list(prep.columns)[:12])})")
+            if not checked:  # the file's columns, once: every batch of a file has the same schema
+                missing = [c for c in prep.required() if c not in batch.schema.names]
+                if missing:
+                    raise InputError(f"{path}: missing column(s) {missing[:10]} that the model's preprocessing "
+                                     f"needs (expected the source's columns: {', '.join(list(prep.columns)[:12])})")
+                checked = True
             for start in range(0, batch.num_rows, batch_rows):
                 yield batch.slice(start, batch_rows)
     except FileNotFoundError:
