@@ -22,6 +22,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from tasks import registry
 from tasks.errors import InputError
 from tasks.params import load_params
 from tasks.registry import NOTES_REF, author
@@ -30,10 +31,8 @@ PARAMS = "params.yaml"
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
-    res = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {repo}: {res.stderr.strip()}")
-    return res.stdout.strip()
+    """The registry's git runner, in `repo`."""
+    return registry.git(*args, cwd=repo, check=check)
 
 
 def dvc(repo: Path, *args: str) -> str:
