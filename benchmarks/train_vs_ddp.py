@@ -1,13 +1,15 @@
 """Benchmark: the train stage (DeepSpeed) against a plain PyTorch DDP loop, same model, data and ranks.
 
-    python benchmarks/train_vs_ddp.py [--model cnn] [--epochs 4] [--batch-size 32] [--procs 2] [--zero-stage 1]
+    python benchmarks/train_vs_ddp.py [--model cnn] [--epochs 8] [--batch-size 32] [--procs 2] [--zero-stage N]
                                       [--repeat 3]
 
 Prepares the digits once with the pipeline's own ingest, clean and augment
 functions, then runs, one after the other on the same machine:
 
 - the train stage as `dvc repro` runs it (`python -m tasks.train`: DeepSpeed's
-  launcher, CPU ranks over gloo, ZeRO stage and checkpoints as in params.yaml);
+  launcher, CPU ranks over gloo, ZeRO stage and checkpoints as in params.yaml;
+  stage 0 there, DeepSpeed's data parallelism, the algorithm DDP runs;
+  `--zero-stage 1` shows what sharding the optimizer state costs on top);
 - a DDP loop started by torchrun: the same model (models.build with the same
   config), the same rows in the same order (tasks.train.epoch_order), the same
   AdamW, learning rate, weight decay and gradient clipping, no checkpoints.
@@ -60,7 +62,9 @@ def prepare(work: Path) -> Path:
 def run_stage(work: Path, args) -> list[dict]:
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["train"] |= {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
-                        "num_procs": args.procs, "master_port": 29890, "zero_stage": args.zero_stage}
+                        "num_procs": args.procs, "master_port": 29890}
+    if args.zero_stage is not None:
+        params["train"]["zero_stage"] = args.zero_stage
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     shutil.rmtree(params["paths"]["checkpoints"], ignore_errors=True)  # train from scratch, not resume
@@ -122,10 +126,11 @@ def ddp_worker(work: Path, args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="cnn", choices=["mlp", "cnn", "rnn", "transformer"])
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--procs", type=int, default=2)
-    ap.add_argument("--zero-stage", type=int, default=1, help="the stage's train.zero_stage (DDP has none)")
+    ap.add_argument("--zero-stage", type=int, choices=range(4),
+                    help="the stage's train.zero_stage (default: params.yaml's); DDP shards nothing")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side, interleaved; best time per epoch")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -135,6 +140,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = prepare(Path(tmp))
+        if args.zero_stage is None:
+            args.zero_stage = yaml.safe_load((work / "params.yaml").read_text())["train"]["zero_stage"]
         runs = [(run_stage(work, args), run_ddp(work, args)) for _ in range(args.repeat)]  # interleaved
     # each epoch's best time over the repeats (the machine's noise only ever adds); losses are identical
     stage = [min(epochs, key=lambda e: e["seconds"]) for epochs in zip(*[r[0] for r in runs])]

@@ -294,7 +294,8 @@ class Train(Section):
     optimizer: Optimizer = Optimizer()
     schedule: Schedule = Schedule()
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
-    zero_stage: int = Field(1, ge=0, le=3)
+    zero_stage: int = Field(0, ge=0, le=3, description="0: plain data parallel, every rank holding the whole "
+                            "optimizer state; 1, 2, 3 also shard the optimizer state, the gradients, the weights")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     early_stopping: EarlyStopping = EarlyStopping()
     checkpoint: Checkpointing = Checkpointing()

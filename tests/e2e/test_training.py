@@ -85,6 +85,10 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.05)
 
 
+def train_history(repo: Path) -> list[dict]:
+    return json.loads((repo / "reports/train_history.json").read_text())
+
+
 def weights(repo: Path) -> dict[str, torch.Tensor]:
     return load_file(repo / "model/model.safetensors")
 
@@ -105,7 +109,7 @@ def reference(prepared, tmp_path_factory) -> dict:
 
 def test_uninterrupted_run_keeps_the_last_k_and_the_best_and_logs_with_dvclive(reference):
     repo = reference["repo"]
-    history = json.loads((repo / "reports/train_history.json").read_text())
+    history = train_history(repo)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert len(reference["complete"]) <= 3  # keep_last 2, plus the best when it is older
     best = min(history, key=lambda h: h["val_loss"])
@@ -185,7 +189,7 @@ def test_early_stopping_keeps_the_best_epoch(prepared, tmp_path):
     out = train(repo).stdout
     # min_delta 0.5: no epoch after the first can improve by that much
     assert "train: early stop: val_accuracy did not improve for 1 epoch(s)" in out
-    history = json.loads((repo / "reports/train_history.json").read_text())
+    history = train_history(repo)
     assert len(history) == 2
     first_tag = [line for line in out.splitlines() if "(best)" in line]
     assert len(first_tag) == 1 and first_tag[0].startswith("train: epoch 1/6")
@@ -214,11 +218,25 @@ def test_two_launchers_as_two_nodes_train_like_one_launcher_with_two_ranks(prepa
     assert_same_weights(weights(repo), reference["weights"])
 
 
+@pytest.mark.parametrize("stage,port", [(1, 29778), (2, 29779), (3, 29780)])
+def test_each_zero_stage_shards_the_optimizer_and_trains_the_same_model(prepared, reference, tmp_path, stage, port):
+    repo = fresh(prepared, tmp_path / "repo", port, **{"train.zero_stage": stage})
+    train(repo)
+    assert json.loads((run_dir(repo) / "ds_config.json").read_text())["zero_optimization"]["stage"] == stage
+    last = run_dir(repo) / complete(repo)[-1]
+    shards = {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)}  # each rank's part of the optimizer
+    assert shards <= {f.name for f in last.iterdir()}
+    # the same data-parallel arithmetic, partitioned: the stage-0 run's losses, up to float rounding (not its
+    # weights: a bias ahead of BatchNorm has a zero gradient, so Adam's step on it is the rounding's sign)
+    losses = [[e["train_loss"] for e in train_history(r)] for r in (repo, reference["repo"])]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_bf16_on_cpu_ranks_learns(prepared, tmp_path):
     repo = fresh(prepared, tmp_path / "repo", 29777, **{"train.precision": "bf16", "train.epochs": 2,
                                                          "train.mlp": {"hidden": [128, 64], "norm": "layer"}})
     train(repo)
     assert json.loads((run_dir(repo) / "ds_config.json").read_text())["bf16"]["enabled"] is True
-    history = json.loads((repo / "reports/train_history.json").read_text())
+    history = train_history(repo)
     assert history[-1]["val_accuracy"] > 0.8  # ten classes: chance is 0.1
     assert all(t.dtype == torch.float32 for t in weights(repo).values())  # the model file is fp32 whatever trained

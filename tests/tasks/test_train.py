@@ -34,7 +34,8 @@ def test_deepspeed_config_follows_params():
 
 def test_optimizer_schedule_and_a_users_deepspeed_json(tmp_path):
     sgd = Train.model_validate({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.8},
-                                "schedule": {"name": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.1}})
+                                "schedule": {"name": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.1},
+                                "zero_stage": 1})
     cfg = ds_config(sgd, world_size=2, total_steps=500)
     assert cfg["optimizer"] == {"type": "SGD", "params": {"lr": 0.1, "weight_decay": 1e-4, "momentum": 0.8}}
     assert cfg["zero_allow_untested_optimizer"] is True
