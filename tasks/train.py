@@ -133,6 +133,14 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int, batch: int
     return order[rank::world][:per_rank].view(-1, batch)
 
 
+def input_dtype(precision: str, schema: pa.Schema) -> torch.dtype:
+    """The dtype the features are fed in: the training precision for values, float32 for token ids, which
+    bf16 rounds into other tokens above 256 (1999 -> 2000) and fp16 above 2048; the model embeds them."""
+    if tokens_of(schema):
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
     """Sum of |w| over weight matrices, kernels and embeddings (not biases or norms' scales)."""
     return sum(p.abs().sum() for name, p in model.named_parameters() if p.dim() > 1 and name.endswith("weight"))
@@ -270,7 +278,7 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
     model = build(params.model, mcfg)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     clip_locally(engine)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params.precision, torch.float32)
+    dtype = input_dtype(params.precision, schema)
     torch.manual_seed(params.seed + 1 + rank)  # dropout masks differ between ranks, repeat between runs
 
     fp = fingerprint(params, splits)
