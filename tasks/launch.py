@@ -102,8 +102,8 @@ def refuse_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> N
         if at["resumes_at"]["epoch"] <= epochs:  # unfinished
             raise InputError(
                 f"{other / tag}: an unfinished run of these params and data, written by {at['world_size']} "
-                f"processes; this run has {world}. Each epoch's data order is cut into one shard per process and "
-                f"ZeRO splits the optimizer state the same way, so it cannot continue exactly with {world}. Set "
+                f"processes; this run has {world}. Each epoch's data order is cut into one shard per process (and "
+                f"ZeRO stages 1-3 cut the optimizer state the same way), so it cannot continue exactly with {world}. Set "
                 f"train.num_procs: {at['world_size']} (or use as many GPUs) to resume it, or delete {other} to "
                 f"train from scratch with {world}")
 

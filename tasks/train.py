@@ -69,10 +69,13 @@ def _merge(base: dict, override: dict) -> dict:
 def ds_config(params: Train, world_size: int, total_steps: int) -> dict:
     """The DeepSpeed config, derived from the train params; train.deepspeed_config's keys override it."""
     opt = params.optimizer
+    # torch's own optimizers, multi-tensor ("foreach": a few kernels a step for all parameters, not a few per
+    # parameter; torch's default on GPUs, not on the CPU, where it saves 0.07 ms of the digits CNN's 2.6 ms step)
     optimizer = ({"type": "AdamW", "params": {"lr": opt.lr, "weight_decay": opt.weight_decay,
-                                              "betas": list(opt.betas), "torch_adam": True}}
+                                              "betas": list(opt.betas), "torch_adam": True, "foreach": True}}
                  if opt.name == "adamw" else
-                 {"type": "SGD", "params": {"lr": opt.lr, "weight_decay": opt.weight_decay, "momentum": opt.momentum}})
+                 {"type": "SGD", "params": {"lr": opt.lr, "weight_decay": opt.weight_decay, "momentum": opt.momentum,
+                                            "foreach": True}})
     sched = params.schedule
     warmup = {"warmup_num_steps": sched.warmup_steps, "warmup_type": "linear"}
     scheduler = {

@@ -27,6 +27,7 @@ def test_deepspeed_config_follows_params():
     assert cfg["gradient_clipping"] == 0.5
     assert cfg["optimizer"]["type"] == "AdamW"
     assert cfg["optimizer"]["params"]["torch_adam"] is True  # no FusedAdam build on the CPU
+    assert cfg["optimizer"]["params"]["foreach"] is True  # one multi-tensor update, also on the CPU
     assert "scheduler" not in cfg  # constant, no warmup
     warm = ds_config(Train.model_validate({"schedule": {"warmup_steps": 20}}), world_size=1, total_steps=100)
     assert warm["scheduler"] == {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 3e-3,
@@ -38,7 +39,8 @@ def test_optimizer_schedule_and_a_users_deepspeed_json(tmp_path):
                                 "schedule": {"name": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.1},
                                 "zero_stage": 1})
     cfg = ds_config(sgd, world_size=2, total_steps=500)
-    assert cfg["optimizer"] == {"type": "SGD", "params": {"lr": 0.1, "weight_decay": 1e-4, "momentum": 0.8}}
+    assert cfg["optimizer"] == {"type": "SGD", "params": {"lr": 0.1, "weight_decay": 1e-4, "momentum": 0.8,
+                                                          "foreach": True}}
     assert cfg["zero_allow_untested_optimizer"] is True
     assert cfg["scheduler"] == {"type": "WarmupCosineLR", "params": {
         "total_num_steps": 500, "warmup_min_ratio": 0.0, "cos_min_ratio": 0.1, "warmup_num_steps": 10,
