@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -111,6 +112,7 @@ def ddp_worker(work: Path, args) -> None:
     torch.manual_seed(t.seed)
     # broadcast_buffers=False: the stage's engine leaves each rank its own BatchNorm statistics, so DDP does not
     # send rank 0's before every forward either (the same arithmetic, and one collective fewer for the baseline)
+    warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated")  # its successor still syncs at init
     model = DDP(build(t.model, model_config(t, schema, x.shape[1], int(y.max()) + 1)), broadcast_buffers=False)
     opt = torch.optim.AdamW(model.parameters(), lr=t.optimizer.lr, weight_decay=t.optimizer.weight_decay,
                             betas=t.optimizer.betas, foreach=True)  # the stage's multi-tensor AdamW

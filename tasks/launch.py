@@ -93,7 +93,7 @@ def precheck(p: Params) -> None:
 def refuse_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> None:
     """An unfinished run of the same params and data with another number of processes is not silently
     dropped: it cannot go on exactly with this many (each epoch's data order is cut into one shard per
-    process, and ZeRO splits the optimizer state the same way), so say how to resume it or start over."""
+    process, and ZeRO stages 1-3 the optimizer state), so say how to resume it or start over."""
     for other in sorted(checkpoints.glob(f"{fp}-w*")):
         tag = ckpt.newest_complete(other, warn=lambda _: None)
         if other.name == f"{fp}-w{world}" or tag is None:
@@ -103,9 +103,9 @@ def refuse_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> N
             raise InputError(
                 f"{other / tag}: an unfinished run of these params and data, written by {at['world_size']} "
                 f"processes; this run has {world}. Each epoch's data order is cut into one shard per process (and "
-                f"ZeRO stages 1-3 cut the optimizer state the same way), so it cannot continue exactly with {world}. Set "
-                f"train.num_procs: {at['world_size']} (or use as many GPUs) to resume it, or delete {other} to "
-                f"train from scratch with {world}")
+                f"ZeRO stages 1-3 cut the optimizer state the same way), so it cannot continue exactly with "
+                f"{world}. Set train.num_procs: {at['world_size']} (or use as many GPUs) to resume it, or delete "
+                f"{other} to train from scratch with {world}")
 
 
 def launcher_command(p: Train, env: dict | None = None) -> list[str]:
