@@ -9,7 +9,7 @@ Two measurements, one process, one GPU (world size 1):
 1. The project's Transformer (models/transformer.py) at roughly GPT-2-small
    size (12 layers, d_model 768, 12 heads, a 50,257-token vocabulary, 1,024
    tokens a row: about 124M parameters) trained in bf16 by a DeepSpeed engine
-   built as the train stage builds it (tasks.train.ds_config from a Train
+   built as the train stage builds it (tasks.engine, from a Train
    params object, AdamW, clipping, ZeRO stage as in params.yaml), with the
    stage's step (forward, loss, engine.backward, engine.step, loss.item()).
    It prints tokens per second and the model-FLOPs utilisation: the FLOPs the
@@ -56,15 +56,10 @@ def single_rank() -> None:
 
 
 def engine_for(model: torch.nn.Module, train, total_steps: int):
-    """The engine as tasks.train.train makes it."""
-    import deepspeed
+    """The engine as tasks.train.train makes it, for a world of one."""
+    from tasks.engine import build_engine, ds_config
 
-    from tasks.train import clip_locally, ds_config
-
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                      config=ds_config(train, 1, total_steps))
-    clip_locally(engine)
-    return engine
+    return build_engine(model, ds_config(train, 1, total_steps))
 
 
 def timed(step, n: int, device: torch.device) -> float:

@@ -115,16 +115,19 @@ def save_rank_state(tag_dir: Path, rank: int, loop: dict) -> None:
         save_file(state, str(tmp), metadata={"loop": json.dumps(loop)})
 
 
+def rank_loop(tag_dir: Path, rank: int) -> dict:
+    """A rank's loop counters, read without restoring anything."""
+    with safe_open(str(tag_dir / f"rank{rank}.safetensors"), framework="pt") as f:
+        return json.loads(f.metadata()["loop"])
+
+
 def load_rank_state(tag_dir: Path, rank: int) -> dict:
     """Restore this rank's generators; returns its loop counters."""
-    path = tag_dir / f"rank{rank}.safetensors"
-    state = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        loop = json.loads(f.metadata()["loop"])
+    state = load_file(str(tag_dir / f"rank{rank}.safetensors"))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-    return loop
+    return rank_loop(tag_dir, rank)
 
 
 def fingerprint(*parts: bytes | str) -> str:

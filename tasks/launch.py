@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 
 from models import build
-from tasks import checkpoints as ckpt
+from tasks.agreement import PREEMPTED
+from tasks.engine import ds_config
 from tasks.errors import InputError
 from tasks.params import Params, Train
+from tasks.reshard import to_continue
 from tasks.tables import LABEL, feature_names, image_shape_of, read_json, read_model_table, tokens_of
-from tasks.train import PREEMPTED, ds_config, fingerprint, model_config
+from tasks.train import fingerprint, model_config
 
 
 def world_size(p: Train) -> int:
@@ -87,25 +89,33 @@ def precheck(p: Params) -> None:
     if problems:
         raise InputError("; ".join(problems))
     ds_config(p.train, world, 1)  # train.deepspeed_config: exists, parses, holds an object
-    refuse_other_world(p.paths.checkpoints, fingerprint(p.train, p.paths.splits), world, p.train.epochs)
+    refuse_other_world(p.train, p.paths.checkpoints, fingerprint(p.train, p.paths.splits), world)
 
 
-def refuse_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> None:
+def refuse_other_world(p: Train, checkpoints: Path, fp: str, world: int) -> None:
     """An unfinished run of the same params and data with another number of processes is not silently
     dropped: it cannot go on exactly with this many (each epoch's data order is cut into one shard per
-    process, and ZeRO stages 1-3 the optimizer state), so say how to resume it or start over."""
-    for other in sorted(checkpoints.glob(f"{fp}-w*")):
-        tag = ckpt.newest_complete(other, warn=lambda _: None)
-        if other.name == f"{fp}-w{world}" or tag is None:
-            continue
-        at = ckpt.record(other / tag)
-        if at["resumes_at"]["epoch"] <= epochs:  # unfinished
-            raise InputError(
-                f"{other / tag}: an unfinished run of these params and data, written by {at['world_size']} "
-                f"processes; this run has {world}. Each epoch's data order is cut into one shard per process (and "
-                f"ZeRO stages 1-3 cut the optimizer state the same way), so it cannot continue exactly with "
-                f"{world}. Set train.num_procs: {at['world_size']} (or use as many GPUs) to resume it, or delete "
-                f"{other} to train from scratch with {world}")
+    process, and ZeRO stages 1-3 the optimizer state). Say how to resume it, continue it (reshard) or start
+    over; with train.checkpoint.reshard under ZeRO stage 0, let train continue it (tasks/reshard.py)."""
+    found = to_continue(checkpoints, fp, world, p.epochs)
+    if found is None:  # none, or this count's own run is further along
+        return
+    other, tag, old = found
+    if p.checkpoint.reshard and p.zero_stage == 0:
+        return
+    if p.checkpoint.reshard:
+        raise InputError(
+            f"{other / tag}: train.checkpoint.reshard continues a run with another number of processes only "
+            f"under ZeRO stage 0, whose checkpoint holds one whole copy of the optimizer state; ZeRO stage "
+            f"{p.zero_stage} cut it into {old} parts, one per process (DeepSpeed's universal-checkpoint conversion "
+            f"would re-cut them; not supported here). Set train.num_procs: {old} (or use as many GPUs) to resume "
+            f"it, or delete {other} to train from scratch with {world}")
+    raise InputError(
+        f"{other / tag}: an unfinished run of these params and data, written by {old} processes; this run has "
+        f"{world}. Each epoch's data order is cut into one shard per process (and ZeRO stages 1-3 cut the "
+        f"optimizer state the same way), so it cannot continue exactly with {world}. Set train.num_procs: {old} "
+        f"(or use as many GPUs) to resume it exactly, train.checkpoint.reshard: true to continue it with {world} "
+        f"from where it stopped, or delete {other} to train from scratch with {world}")
 
 
 def launcher_command(p: Train, env: dict | None = None) -> list[str]:

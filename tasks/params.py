@@ -275,6 +275,9 @@ class Checkpointing(Section):
     every_steps: int = Field(0, ge=0, description="also checkpoint every N optimizer steps within an epoch; "
                              "0: at the end of each epoch only")
     keep_last: int = Field(2, ge=1, description="complete checkpoints kept besides the best one")
+    reshard: bool = Field(False, description="an unfinished run written by another number of processes "
+                          "continues with this many from where it stopped, instead of stopping with an error "
+                          "(ZeRO stage 0; not bit-exact: the global batch follows the count; tasks/reshard.py)")
 
 
 class Train(Section):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 import warnings
@@ -36,6 +35,9 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from tasks import checkpoints as ckpt
+from tasks import reshard
+from tasks.agreement import PREEMPTED, Agreement, NonFiniteLoss, Preemption
+from tasks.engine import build_engine, ds_config
 from tasks.errors import InputError, run_main
 from tasks.params import Train, load_params
 from tasks.tables import (
@@ -44,7 +46,6 @@ from tasks.tables import (
     feature_names,
     image_shape_of,
     is_regression,
-    read_json,
     read_model_table,
     sha256_file,
     tokens_of,
@@ -52,61 +53,6 @@ from tasks.tables import (
 )
 
 RUN_FILE = "run.json"  # beside the checkpoints: fingerprint, DeepSpeed config, model config
-PREEMPTED = 143  # exit status after a SIGTERM checkpoint (128 + SIGTERM), as a shell would report it
-
-
-class NonFiniteLoss(InputError):
-    """The loss became NaN or infinite: stop, and checkpoint or register nothing from this state."""
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def ds_config(params: Train, world_size: int, total_steps: int) -> dict:
-    """The DeepSpeed config, derived from the train params; train.deepspeed_config's keys override it."""
-    opt = params.optimizer
-    # torch's own optimizers, multi-tensor ("foreach": a few kernels a step for all parameters, not a few per
-    # parameter; torch's default on GPUs, not on the CPU, where it saves 0.07 ms of the digits CNN's 2.6 ms step)
-    optimizer = ({"type": "AdamW", "params": {"lr": opt.lr, "weight_decay": opt.weight_decay,
-                                              "betas": list(opt.betas), "torch_adam": True, "foreach": True}}
-                 if opt.name == "adamw" else
-                 {"type": "SGD", "params": {"lr": opt.lr, "weight_decay": opt.weight_decay, "momentum": opt.momentum,
-                                            "foreach": True}})
-    sched = params.schedule
-    warmup = {"warmup_num_steps": sched.warmup_steps, "warmup_type": "linear"}
-    scheduler = {
-        "constant": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": opt.lr, **warmup}},
-        "linear": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": opt.lr,
-                                                       "total_num_steps": total_steps, **warmup}},
-        "cosine": {"type": "WarmupCosineLR", "params": {"total_num_steps": total_steps, "warmup_min_ratio": 0.0,
-                                                        "cos_min_ratio": sched.min_lr_ratio, **warmup}},
-    }[sched.name]
-    config = {
-        "train_micro_batch_size_per_gpu": params.batch_size,
-        "gradient_accumulation_steps": params.grad_accum,
-        "train_batch_size": params.batch_size * params.grad_accum * world_size,
-        "gradient_clipping": params.grad_clip,
-        "optimizer": optimizer,
-        **({} if sched.name == "constant" and not sched.warmup_steps else {"scheduler": scheduler}),
-        "zero_optimization": {"stage": params.zero_stage},
-        "bf16": {"enabled": params.precision == "bf16"},
-        "fp16": {"enabled": params.precision == "fp16", "loss_scale": 0},  # 0: dynamic loss scaling
-        "seed": params.seed,
-        "steps_per_print": 10**9,  # progress is shown by tqdm, per epoch
-    }
-    if opt.name == "sgd" and params.zero_stage:  # torch's SGD under ZeRO works, but DeepSpeed asks to be told
-        config["zero_allow_untested_optimizer"] = True
-    if params.deepspeed_config:
-        override = read_json(params.deepspeed_config, "train.deepspeed_config")
-        if not isinstance(override, dict):
-            raise InputError(f"{params.deepspeed_config}: train.deepspeed_config must hold a JSON object of "
-                             f"DeepSpeed keys, not a {type(override).__name__}")
-        config = _merge(config, override)
-    return config
 
 
 def model_config(params: Train, schema: pa.Schema, n_features: int, n_outputs: int) -> dict:
@@ -144,6 +90,20 @@ def input_dtype(precision: str, schema: pa.Schema) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
+def epoch_batches(n: int, params: Train, epoch: int, rank: int, world: int, resharded: dict | None) -> torch.Tensor:
+    """This rank's batches of `epoch`: epoch_order's; for an epoch that resharded runs took over midway
+    (`handovers`: each count that ran it and the batches it had done), the rows not reached at the last
+    handover, shared out among these processes (tasks/reshard.py)."""
+    if not resharded or resharded["epoch"] != epoch:
+        return epoch_order(n, params.seed, epoch, rank, world, params.batch_size)
+    (first, done), *later = resharded["handovers"]
+    order = torch.stack([epoch_order(n, params.seed, epoch, r, first, params.batch_size) for r in range(first)])
+    for count, next_done in later:  # what each later count was dealt, and how far it got
+        order = torch.stack([reshard.rest_of_epoch(order, done, r, count) for r in range(count)])
+        done = next_done
+    return reshard.rest_of_epoch(order, done, rank, world)
+
+
 def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
     """Sum of |w| over weight matrices, kernels and embeddings (not biases or norms' scales)."""
     return sum(p.abs().sum() for name, p in model.named_parameters() if p.dim() > 1 and name.endswith("weight"))
@@ -179,75 +139,6 @@ def improved(value: float, best: float | None, metric: str, min_delta: float) ->
     return value < best - min_delta if lower_is_better else value > best + min_delta
 
 
-class Preemption:
-    """SIGTERM sets a flag; the loop checkpoints at the next step all ranks agree on, then exits."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-
-class Agreement:
-    """What all ranks must decide together: stop for a SIGTERM, stop for a non-finite loss. A small
-    all-reduce agrees on it every `every` steps, run while the next steps compute (a blocking collective
-    per step costs a quarter of a small model's step on CPU ranks), and a blocking one before every
-    checkpoint (sync). So a decision lands a few steps late, on every rank at the same step."""
-
-    def __init__(self, preemption: Preemption, rank: int, every: int = 16):
-        self.preemption, self.rank, self.every = preemption, rank, every
-        self.pending, self.flags, self.steps = None, torch.zeros(2), 0
-        self.bad = ""  # where this rank first saw a non-finite loss
-        self.stop = False  # a SIGTERM reached some rank: checkpoint at the next optimizer step, then exit
-
-    def post(self, loss: float, where: str) -> None:
-        if not np.isfinite(loss) and not self.bad:
-            self.bad = f"the loss is {loss} at {where} on rank {self.rank}"
-        self.steps += 1
-        if self.steps % self.every == 0:
-            self._start()
-
-    def sync(self) -> None:
-        """Agree on everything up to now (before a checkpoint, at the end of an epoch)."""
-        self._start()
-        self._settle()
-
-    def _start(self) -> None:
-        self._settle()
-        self.flags = torch.tensor([float(self.preemption.requested), float(bool(self.bad))])
-        self.pending = torch.distributed.all_reduce(self.flags, op=torch.distributed.ReduceOp.MAX, async_op=True)
-
-    def _settle(self) -> None:
-        if self.pending is None:
-            return
-        self.pending.wait()
-        self.pending = None
-        self.stop = self.stop or bool(self.flags[0])
-        if self.flags[1]:
-            raise NonFiniteLoss(f"train: {self.bad or 'the loss is not finite on another rank'}; lower "
-                                f"train.optimizer.lr, set train.grad_clip, or check the data; the last good "
-                                f"checkpoint and model are kept")
-
-
-def clip_locally(engine) -> None:
-    """Gradient clipping without a collective, where DeepSpeed's own clip needs none.
-
-    On its plain fp32 path (ZeRO stage 0, no fp16/bf16 optimizer wrapper) DeepSpeed clips after its gradient
-    all-reduce with `runtime.utils.clip_grad_norm_`: a Python loop over the parameters and a blocking
-    all-reduce of the norm, there for MoE layers, whose experts' gradients differ between ranks. With no
-    MoE layers and no model parallelism, every rank already holds the same averaged gradients, so torch's
-    fused clip gives the same norm locally with the same rule (scale by max_norm / (norm + 1e-6), at most 1).
-    On the digits CNN over 2 CPU ranks this is about a sixth of a step (benchmarks/train_vs_ddp.py). The
-    ZeRO optimizers and the fp16/bf16 wrappers clip inside their own step and are left as they are."""
-    if engine.has_moe_layers or engine.mpu is not None:
-        return
-    max_norm = engine.gradient_clipping()
-    engine.clip_fp32_gradients = lambda: torch.nn.utils.clip_grad_norm_(engine.module.parameters(), max_norm,
-                                                                        foreach=True)
-
-
 def fingerprint(params: Train, splits: Path) -> str:
     """What a checkpoint must match to be resumed: the params that shape training, and the data."""
     relevant = params.model_dump_json(exclude={"num_procs", "master_port", "hostfile", "master_addr", "checkpoint"})
@@ -279,25 +170,39 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
     steps_per_epoch = max(batches_per_epoch // params.grad_accum, 1)
     cfg = ds_config(params, world, steps_per_epoch * params.epochs)
     model = build(params.model, mcfg)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
-    clip_locally(engine)
+    engine = build_engine(model, cfg)
     dtype = input_dtype(params.precision, schema)
     torch.manual_seed(params.seed + 1 + rank)  # dropout masks differ between ranks, repeat between runs
 
     fp = fingerprint(params, splits)
     run_dir = checkpoints / f"{fp}-w{world}"  # data order and optimizer partitions follow the world size
-    state = {"epoch": 1, "batch": 0, "history": [], "best": None, "best_tag": None, "bad_epochs": 0}
+    state = {"epoch": 1, "batch": 0, "history": [], "best": None, "best_tag": None, "bad_epochs": 0,
+             "resharded": None}
     loop = {"loss_sum": 0.0, "loss_n": 0}
     if rank == 0:
         write_json(run_dir / "ds_config.json", cfg)  # usable as is with DeepSpeed's --deepspeed_config
         write_json(run_dir / RUN_FILE, {"fingerprint": fp, "deepspeed": cfg, "model": params.model,
                                         "model_config": mcfg, "world_size": world})
-    tag = [ckpt.newest_complete(run_dir) if rank == 0 else None]
-    dist.broadcast_object_list(tag, src=0)  # every rank resumes from the checkpoint rank 0 chose
-    if tag[0]:
-        state, loop = resume(engine, run_dir, tag[0], rank)
+    start = [starting_point(params, checkpoints, fp, world) if rank == 0 else None]
+    dist.broadcast_object_list(start, src=0)  # every rank resumes from the checkpoint rank 0 chose
+    source, tag, old_world = start[0]
+    if tag and old_world is None:
+        state, loop = resume(engine, source, tag, lambda d: ckpt.load_rank_state(d, rank))
         if rank == 0:
-            print(f"train: resumed from {run_dir / tag[0]} (epoch {state['epoch']}, batch {state['batch']})")
+            print(f"train: resumed from {source / tag} (epoch {state['epoch']}, batch {state['batch']})")
+    elif tag:  # an unfinished run of another process count, continued (tasks/reshard.py)
+        state, loop = resume(engine, source, tag,
+                             lambda d: reshard.load_generators_and_sums(d, rank, old_world, params.seed))
+        if state["batch"]:  # the rest of the interrupted epoch, shared out anew; recorded for later resumes
+            before = state["resharded"] if (state["resharded"] or {}).get("epoch") == state["epoch"] else None
+            state["resharded"] = {"epoch": state["epoch"],
+                                  "handovers": (before["handovers"] if before else []) + [[old_world, state["batch"]]]}
+            state["batch"] = 0
+        if rank == 0:
+            reshard.carry_best(source, run_dir, state["best_tag"])
+            print(f"train: continuing {source / tag}, written by {old_world} processes, with {world} "
+                  f"(train.checkpoint.reshard): epoch {state['epoch']}, the rows its processes had not reached "
+                  f"shared out anew", flush=True)
 
     def save(reason: str) -> str:
         tag = ckpt.step_tag(engine.global_steps)
@@ -322,7 +227,7 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
     for epoch in range(state["epoch"], params.epochs + 1):
         if stop_early:
             break
-        order = epoch_order(len(x_train), params.seed, epoch, rank, world, params.batch_size)
+        order = epoch_batches(len(x_train), params, epoch, rank, world, state["resharded"])
         order = order[:len(order) // params.grad_accum * params.grad_accum]  # epochs end on an optimizer step
         started = time.perf_counter()
         bar = tqdm(total=len(order), initial=state["batch"], desc=f"epoch {epoch}/{params.epochs}",
@@ -396,17 +301,31 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
             "early_stopped": stop_early, "world_size": world}
 
 
-def resume(engine, run_dir: Path, tag: str, rank: int) -> tuple[dict, dict]:
-    """Load checkpoint `tag` of this run: engine state, loop position, this rank's generators."""
+def starting_point(params: Train, checkpoints: Path, fp: str, world: int) -> tuple[Path | None, str | None,
+                                                                                 int | None]:
+    """Where training starts (rank 0 decides): (run folder, tag, None) to resume this count's own run,
+    (folder, tag, its process count) to continue another count's (reshard), (None, None, None) afresh."""
+    run_dir = checkpoints / f"{fp}-w{world}"
+    other = reshard.to_continue(checkpoints, fp, world, params.epochs) if params.checkpoint.reshard else None
+    if other:
+        return other
+    own = ckpt.newest_complete(run_dir)
+    return (run_dir, own, None) if own else (None, None, None)
+
+
+def resume(engine, run_dir: Path, tag: str, load_loop) -> tuple[dict, dict]:
+    """Load checkpoint `tag` of run_dir: engine state and loop position; load_loop(tag folder) restores
+    this rank's generators and returns its loop counters."""
     try:
         path, state = engine.load_checkpoint(str(run_dir), tag=tag)
-        loop = ckpt.load_rank_state(run_dir / tag, rank)
+        loop = load_loop(run_dir / tag)
     except Exception as e:  # files that check but do not load: say which, never train on them
         raise InputError(f"{run_dir / tag}: checkpoint cannot be loaded ({type(e).__name__}: {e}); "
                          f"move {run_dir} away to train from scratch") from None
     if path is None or state is None:
         raise InputError(f"{run_dir / tag}: DeepSpeed found no checkpoint to load")
-    return {k: state[k] for k in ("epoch", "batch", "history", "best", "best_tag", "bad_epochs")}, loop
+    keys = ("epoch", "batch", "history", "best", "best_tag", "bad_epochs", "resharded")
+    return {k: state.get(k) for k in keys}, loop
 
 
 def write_model(engine, rank: int, model_path: Path, meta: dict) -> None:

@@ -162,6 +162,16 @@ def test_sigterm_checkpoints_before_exit_and_the_rerun_resumes_from_it(prepared,
     assert (f"{shown(repo, newest)}: an unfinished run of these params and data, written by 2 processes; this "
             f"run has 1") in other.stdout + other.stderr
     assert "Set train.num_procs: 2" in other.stdout + other.stderr and complete(repo)[-1] == newest
+    assert "train.checkpoint.reshard: true to continue it with 1" in other.stdout + other.stderr
+    # ... but it goes on with 1 from where it stopped when asked (a copy: the exact resume below needs the run)
+    copy = tmp_path / "resharded"
+    shutil.copytree(repo, copy, symlinks=True)
+    set_params(copy, {"train.num_procs": 1, "train.checkpoint.reshard": True, "train.master_port": 29781})
+    assert f"train: continuing {shown(repo, newest)}, written by 2 processes, with 1" in train(copy).stdout
+    history = train_history(copy)
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[-1]["val_accuracy"] > 0.8
+    assert [d.name[-3:] for d in (copy / "checkpoints").iterdir() if d.is_dir()] == ["-w1"]  # the old run went
+    assert all(torch.isfinite(w).all() for w in weights(copy).values())
     set_params(repo, {"train.num_procs": 2})
     rerun = train(repo).stdout
     assert f"resumed from {shown(repo, newest)}" in rerun

@@ -8,11 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tasks import checkpoints as ckpt
+from tasks.engine import ds_config
 from tasks.errors import InputError
-from tasks.launch import launcher_command, precheck, threads_per_rank
+from tasks.launch import launcher_command, precheck, refuse_other_world, threads_per_rank
 from tasks.params import Train
+from tasks.reshard import rest_of_epoch
 from tasks.tables import TOKENS_KEY
-from tasks.train import ds_config, epoch_order, input_dtype
+from tasks.train import epoch_order, input_dtype
 from tests.conftest import ROOT
 
 
@@ -65,6 +68,34 @@ def test_epoch_order_depends_on_seed_and_epoch_only():
     assert not torch.equal(a, epoch_order(100, 1, 4, 0, 2, 8))
     both = torch.cat([a.flatten(), epoch_order(100, 1, 3, 1, 2, 8).flatten()])
     assert len(set(both.tolist())) == len(both)  # ranks never share a row
+
+
+def test_a_resharded_epoch_deals_out_exactly_the_rows_the_old_processes_had_not_reached():
+    old = torch.stack([epoch_order(100, seed=1, epoch=2, rank=r, world=2, batch=4) for r in range(2)])  # (2, 12, 4)
+    seen, left = set(old[:, :3].flatten().tolist()), set(old[:, 3:].flatten().tolist())
+    for world in (1, 3, 4):
+        new = [rest_of_epoch(old, 3, r, world) for r in range(world)]
+        rows = torch.cat([b.flatten() for b in new]).tolist()
+        assert {b.shape for b in new} == {(len(left) // world // 4, 4)}  # whole batches, as many on every rank
+        assert len(set(rows)) == len(rows) and set(rows) <= left and not set(rows) & seen
+        assert len(left) - len(rows) < world * 4  # at most a last part-batch a rank left out, as epoch_order does
+
+
+def test_another_process_count_is_refused_or_continued_as_params_say(tmp_path):
+    def unfinished(world: int, step: int) -> None:
+        (tmp_path / f"fp-w{world}" / ckpt.step_tag(step)).mkdir(parents=True)
+        ckpt.mark_complete(tmp_path / f"fp-w{world}" / ckpt.step_tag(step),
+                           {"world_size": world, "resumes_at": {"epoch": 2, "batch": 5}})
+
+    unfinished(2, 30)
+    with pytest.raises(InputError, match=r"fp-w2/step00000030: an unfinished run .* written by 2 processes; this "
+                                         r"run has 1.*train.checkpoint.reshard: true to continue it"):
+        refuse_other_world(Train(), tmp_path, "fp", world=1)
+    refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}}), tmp_path, "fp", world=1)
+    with pytest.raises(InputError, match=r"only under ZeRO stage 0.*ZeRO stage 2 cut it into 2 parts.*universal"):
+        refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}, "zero_stage": 2}), tmp_path, "fp", 1)
+    unfinished(1, 40)  # this count's own run went on from there: it is resumed, nothing to refuse
+    refuse_other_world(Train(), tmp_path, "fp", world=1)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

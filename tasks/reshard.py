@@ -1,0 +1,87 @@
+"""Continue an unfinished run with another number of processes (train.checkpoint.reshard).
+
+    python -m tasks.train     # with train.checkpoint.reshard: true and another train.num_procs (or GPUs)
+
+A run's checkpoints live in `<fingerprint>-w<processes>/`: each epoch's rows are
+cut into one shard per process, so an unfinished run cannot go on *exactly*
+with another count. With `reshard`, it goes on *from where it stopped*:
+
+- the engine state (weights, the whole optimizer state, scheduler, step) loads
+  as it is: under ZeRO stage 0 a checkpoint holds one copy of everything, not a
+  part per process (stages 1-3 cut the optimizer state per process and would
+  need DeepSpeed's universal-checkpoint conversion: refused, with the reason);
+- the rows the old processes had not reached in the interrupted epoch are
+  shared out among the new ones; the epochs after it are cut for the new count;
+- process r takes old process r's random generators (a new process seeds its
+  own), and process 0 carries the old partial loss sums, so the epoch's mean
+  loss counts every row once.
+
+Not bit-exact against an uninterrupted run: the global batch follows the new
+count (train.batch_size is per process). The checkpoints written afterwards
+record the resharded epoch, so a crash later on resumes exactly.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from tasks import checkpoints as ckpt
+
+
+def unfinished_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> tuple[Path, str, int] | None:
+    """The newest good checkpoint of an unfinished run of these params and data written by another number
+    of processes: (its run folder, its tag, that number), or None."""
+    found = []
+    for other in sorted(checkpoints.glob(f"{fp}-w*")):
+        tag = ckpt.newest_complete(other, warn=lambda _: None)
+        if other.name == f"{fp}-w{world}" or tag is None:
+            continue
+        at = ckpt.record(other / tag)
+        if at["resumes_at"]["epoch"] <= epochs:
+            found.append((tag, other, at["world_size"]))  # tags sort by step
+    if not found:
+        return None
+    tag, other, old_world = max(found)
+    return other, tag, old_world
+
+
+def to_continue(checkpoints: Path, fp: str, world: int, epochs: int) -> tuple[Path, str, int] | None:
+    """The unfinished other-count run that reshard would continue: one further along than this count's
+    own run (whose tags, once it continued another, come after that one's)."""
+    found = unfinished_other_world(checkpoints, fp, world, epochs)
+    own = ckpt.newest_complete(checkpoints / f"{fp}-w{world}", warn=lambda _: None)
+    return found if found and (own is None or found[1] > own) else None
+
+
+def carry_best(source: Path, run_dir: Path, best_tag: str | None) -> None:
+    """The best checkpoint so far into the new run's folder (rank 0): the final model is loaded from there,
+    and the old folder goes once the run completes."""
+    if best_tag and not (run_dir / best_tag).exists() and (source / best_tag).is_dir():
+        shutil.copytree(source / best_tag, run_dir / best_tag)
+
+
+def rest_of_epoch(order: torch.Tensor, done: int, rank: int, world: int) -> torch.Tensor:
+    """This process's batches for the rest of an interrupted epoch.
+
+    order: the old processes' (old_world, batches, batch) row indices for the epoch; done: the batches each
+    had finished. The rows left, in the old order, are dealt out to `world` processes in whole batches."""
+    old_world, _, batch = order.shape
+    left = order[:, done:].reshape(old_world, -1).T.reshape(-1)  # interleaved, as the old shards were cut
+    per_rank = len(left) // world // batch * batch
+    return left[rank::world][:per_rank].view(-1, batch)
+
+
+def load_generators_and_sums(tag_dir: Path, rank: int, old_world: int, seed: int) -> dict:
+    """Process `rank`'s generators from old process `rank` (or a fresh seed, as a fresh run's); process 0
+    gets every old process's partial loss sums, the others none."""
+    if rank < old_world:
+        ckpt.load_rank_state(tag_dir, rank)
+    else:
+        torch.manual_seed(seed + 1 + rank)
+    if rank:
+        return {"loss_sum": 0.0, "loss_n": 0}
+    loops = [ckpt.rank_loop(tag_dir, old) for old in range(old_world)]
+    return {"loss_sum": sum(lp["loss_sum"] for lp in loops), "loss_n": sum(lp["loss_n"] for lp in loops)}
