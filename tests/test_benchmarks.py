@@ -20,6 +20,13 @@ def test_gpu_benchmark_runs_its_smoke_configuration_on_the_cpu():
     assert re.search(r"DeepSpeed engine [\d.]+ ms a step, raw PyTorch [\d.]+ ms a step, ratio [\d.]+", out), out
 
 
+def test_engine_overhead_benchmark_times_each_part_of_a_step():
+    out = run([sys.executable, "benchmarks/engine_overhead.py", "--steps", "60"], ROOT, timeout=300).stdout
+    for part in ("forward", "backward", "step", "total"):
+        assert re.search(rf"^\s+{part}\s+\d+\s+\d+\s+-?\d+", out, re.M), out
+    assert re.search(r"DeepSpeed's \d+ µs, the same work written bare \d+ µs", out), out
+
+
 @pytest.mark.slow
 def test_ddp_benchmark_trains_both_sides_to_the_same_losses():
     out = run([sys.executable, "benchmarks/train_vs_ddp.py", "--model", "mlp", "--epochs", "2", "--copies", "0",
