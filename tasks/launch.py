@@ -96,20 +96,19 @@ def refuse_other_world(p: Train, checkpoints: Path, fp: str, world: int) -> None
     """An unfinished run of the same params and data with another number of processes is not silently
     dropped: it cannot go on exactly with this many (each epoch's data order is cut into one shard per
     process, and ZeRO stages 1-3 the optimizer state). Say how to resume it, continue it (reshard) or start
-    over; with train.checkpoint.reshard under ZeRO stage 0, let train continue it (tasks/reshard.py)."""
+    over; with train.checkpoint.reshard under ZeRO stages 0-2, let train continue it (tasks/reshard.py)."""
     found = to_continue(checkpoints, fp, world, p.epochs)
     if found is None:  # none, or this count's own run is further along
         return
     other, tag, old = found
-    if p.checkpoint.reshard and p.zero_stage == 0:
+    if p.checkpoint.reshard and p.zero_stage < 3:
         return
     if p.checkpoint.reshard:
         raise InputError(
-            f"{other / tag}: train.checkpoint.reshard continues a run with another number of processes only "
-            f"under ZeRO stage 0, whose checkpoint holds one whole copy of the optimizer state; ZeRO stage "
-            f"{p.zero_stage} cut it into {old} parts, one per process (DeepSpeed's universal-checkpoint conversion "
-            f"would re-cut them; not supported here). Set train.num_procs: {old} (or use as many GPUs) to resume "
-            f"it, or delete {other} to train from scratch with {world}")
+            f"{other / tag}: train.checkpoint.reshard continues a run with another number of processes under ZeRO "
+            f"stages 0-2; stage 3 also cuts the weights into one part per process, and its checkpoints (the best "
+            f"one among them) load only into the count that wrote them. Set train.num_procs: {old} (or use as "
+            f"many GPUs) to resume it, or delete {other} to train from scratch with {world}")
     raise InputError(
         f"{other / tag}: an unfinished run of these params and data, written by {old} processes; this run has "
         f"{world}. Each epoch's data order is cut into one shard per process (and ZeRO stages 1-3 cut the "

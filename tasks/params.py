@@ -277,7 +277,7 @@ class Checkpointing(Section):
     keep_last: int = Field(2, ge=1, description="complete checkpoints kept besides the best one")
     reshard: bool = Field(False, description="an unfinished run written by another number of processes "
                           "continues with this many from where it stopped, instead of stopping with an error "
-                          "(ZeRO stage 0; not bit-exact: the global batch follows the count; tasks/reshard.py)")
+                          "(ZeRO stages 0-2; not bit-exact: the global batch follows the count; tasks/reshard.py)")
 
 
 class Train(Section):

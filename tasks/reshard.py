@@ -6,10 +6,14 @@ A run's checkpoints live in `<fingerprint>-w<processes>/`: each epoch's rows are
 cut into one shard per process, so an unfinished run cannot go on *exactly*
 with another count. With `reshard`, it goes on *from where it stopped*:
 
-- the engine state (weights, the whole optimizer state, scheduler, step) loads
-  as it is: under ZeRO stage 0 a checkpoint holds one copy of everything, not a
-  part per process (stages 1-3 cut the optimizer state per process and would
-  need DeepSpeed's universal-checkpoint conversion: refused, with the reason);
+- the engine state (weights, optimizer state, scheduler, step) comes back
+  whole: under ZeRO stage 0 a checkpoint holds one copy of everything and loads
+  as it is; under stages 1 and 2, which cut the optimizer state into a part per
+  process, rank 0 first runs DeepSpeed's universal-checkpoint conversion
+  (`deepspeed.checkpoint.ds_to_universal`: a file per parameter and moment) and
+  the engine loads that, checked against it parameter by parameter, with the
+  BatchNorm statistics (which DeepSpeed's universal loader leaves out) put back
+  from it. Stage 3 also cuts the weights, and is refused with the reason;
 - the rows the old processes had not reached in the interrupted epoch are
   shared out among the new ones; the epochs after it are cut for the new count;
 - process r takes old process r's random generators (a new process seeds its
@@ -24,11 +28,14 @@ record the resharded epoch, so a crash later on resumes exactly.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 from tasks import checkpoints as ckpt
+from tasks.errors import InputError
 
 
 def unfinished_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> tuple[Path, str, int] | None:
@@ -85,3 +92,52 @@ def load_generators_and_sums(tag_dir: Path, rank: int, old_world: int, seed: int
         return {"loss_sum": 0.0, "loss_n": 0}
     loops = [ckpt.rank_loop(tag_dir, old) for old in range(old_world)]
     return {"loss_sum": sum(lp["loss_sum"] for lp in loops), "loss_n": sum(lp["loss_n"] for lp in loops)}
+
+
+def universal_tag(tag: str) -> str:
+    return f"{tag}_universal"  # beside the tag it came from; not a step tag, so never resumed or pruned as one
+
+
+def to_universal(source: Path, tag: str) -> None:
+    """DeepSpeed's universal-checkpoint conversion of a ZeRO 1/2 checkpoint (rank 0, before any engine is
+    built), into a temporary folder renamed when whole."""
+    out, tmp = source / universal_tag(tag), source / f".{universal_tag(tag)}.partial"
+    for old in (out, tmp):
+        shutil.rmtree(old, ignore_errors=True)
+    res = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                          str(source / tag), "--output_folder", str(tmp), "--num_extract_workers", "1",
+                          "--num_merge_workers", "1", "--inject_missing_state"], capture_output=True, text=True)
+    if res.returncode:
+        raise InputError(f"{source / tag}: DeepSpeed's universal-checkpoint conversion failed: "
+                         f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}; set train.num_procs back to "
+                         f"the count that wrote it to resume it")
+    tmp.rename(out)
+
+
+def universal_loading(cfg: dict) -> dict:
+    """The engine config for loading a universal checkpoint (not saved: the run's own resumes are not)."""
+    return cfg | {"checkpoint": {**cfg.get("checkpoint", {}), "load_universal": True}}
+
+
+def check_universal_load(engine, folder: Path) -> tuple[int, int]:
+    """After engine.load_checkpoint of a universal checkpoint: every parameter must equal its converted file
+    (never train on a silently skipped one); BatchNorm statistics and other buffers, which DeepSpeed's
+    universal loader leaves as they were, come from their files. Then the engine loads ordinary
+    checkpoints again (its own, the best one). Returns (parameters checked, buffers restored)."""
+    def saved(name: str) -> torch.Tensor:
+        return torch.load(folder / "zero" / name / "fp32.pt", map_location="cpu", weights_only=True)["param"]
+
+    params = 0
+    for name, p in engine.module.named_parameters():
+        if not torch.equal(p.detach().cpu(), saved(name).view_as(p).to(p.dtype)):
+            raise InputError(f"{folder}: parameter {name} did not load from the universal checkpoint; train.num_procs "
+                             f"back to the count that wrote it resumes it")
+        params += 1
+    buffers = 0
+    with torch.no_grad():
+        for name, b in engine.module.named_buffers():
+            if (folder / "zero" / name / "fp32.pt").is_file():
+                b.copy_(saved(name).view_as(b))
+                buffers += 1
+    engine._config.load_universal_checkpoint = False  # DeepSpeed reads this flag at every load_checkpoint
+    return params, buffers

@@ -169,13 +169,16 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
     batches_per_epoch = len(x_train) // world // params.batch_size
     steps_per_epoch = max(batches_per_epoch // params.grad_accum, 1)
     cfg = ds_config(params, world, steps_per_epoch * params.epochs)
-    model = build(params.model, mcfg)
-    engine = build_engine(model, cfg)
-    dtype = input_dtype(params.precision, schema)
-    torch.manual_seed(params.seed + 1 + rank)  # dropout masks differ between ranks, repeat between runs
-
     fp = fingerprint(params, splits)
     run_dir = checkpoints / f"{fp}-w{world}"  # data order and optimizer partitions follow the world size
+    start = [starting_point(params, checkpoints, fp, world) if rank == 0 else None]
+    dist.broadcast_object_list(start, src=0)  # every rank resumes from the checkpoint rank 0 chose
+    source, tag, old_world = start[0]
+    universal = old_world is not None and params.zero_stage > 0  # another count's ZeRO 1/2 parts, re-cut
+    model = build(params.model, mcfg)
+    engine = build_engine(model, reshard.universal_loading(cfg) if universal else cfg)
+    dtype = input_dtype(params.precision, schema)
+    torch.manual_seed(params.seed + 1 + rank)  # dropout masks differ between ranks, repeat between runs
     state = {"epoch": 1, "batch": 0, "history": [], "best": None, "best_tag": None, "bad_epochs": 0,
              "resharded": None}
     loop = {"loss_sum": 0.0, "loss_n": 0}
@@ -183,16 +186,18 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
         write_json(run_dir / "ds_config.json", cfg)  # usable as is with DeepSpeed's --deepspeed_config
         write_json(run_dir / RUN_FILE, {"fingerprint": fp, "deepspeed": cfg, "model": params.model,
                                         "model_config": mcfg, "world_size": world})
-    start = [starting_point(params, checkpoints, fp, world) if rank == 0 else None]
-    dist.broadcast_object_list(start, src=0)  # every rank resumes from the checkpoint rank 0 chose
-    source, tag, old_world = start[0]
     if tag and old_world is None:
         state, loop = resume(engine, source, tag, lambda d: ckpt.load_rank_state(d, rank))
         if rank == 0:
             print(f"train: resumed from {source / tag} (epoch {state['epoch']}, batch {state['batch']})")
     elif tag:  # an unfinished run of another process count, continued (tasks/reshard.py)
-        state, loop = resume(engine, source, tag,
-                             lambda d: reshard.load_generators_and_sums(d, rank, old_world, params.seed))
+        state, loop = resume(engine, source, reshard.universal_tag(tag) if universal else tag,
+                             lambda _: reshard.load_generators_and_sums(source / tag, rank, old_world, params.seed))
+        if universal:
+            checked, restored = reshard.check_universal_load(engine, source / reshard.universal_tag(tag))
+            if rank == 0:
+                print(f"train: loaded DeepSpeed's universal checkpoint of {source / tag}: {checked} parameters "
+                      f"checked against it, {restored} buffers restored from it", flush=True)
         if state["batch"]:  # the rest of the interrupted epoch, shared out anew; recorded for later resumes
             before = state["resharded"] if (state["resharded"] or {}).get("epoch") == state["epoch"] else None
             state["resharded"] = {"epoch": state["epoch"],
@@ -308,6 +313,8 @@ def starting_point(params: Train, checkpoints: Path, fp: str, world: int) -> tup
     run_dir = checkpoints / f"{fp}-w{world}"
     other = reshard.to_continue(checkpoints, fp, world, params.epochs) if params.checkpoint.reshard else None
     if other:
+        if params.zero_stage > 0:  # its optimizer state is cut into one part per old process
+            reshard.to_universal(*other[:2])
         return other
     own = ckpt.newest_complete(run_dir)
     return (run_dir, own, None) if own else (None, None, None)

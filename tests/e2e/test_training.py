@@ -178,6 +178,28 @@ def test_sigterm_checkpoints_before_exit_and_the_rerun_resumes_from_it(prepared,
     assert_same_weights(weights(repo), reference["weights"])
 
 
+def test_a_zero2_run_continues_with_another_count_through_deepspeeds_universal_checkpoint(prepared, tmp_path):
+    repo = fresh(prepared, tmp_path / "repo", 29782, **{"train.zero_stage": 2})
+    proc = start(repo)
+    wait_for(lambda: newest_step(repo) >= 10, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    newest = complete(repo)[-1]
+    shards = {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)}  # Adam's state in two parts
+    assert shards <= {f.name for f in (run_dir(repo) / newest).iterdir()}
+    where = shown(repo, newest)  # the 2-process folder goes once the run completes
+    set_params(repo, {"train.num_procs": 1, "train.checkpoint.reshard": True})
+    out = train(repo).stdout
+    # converted by DeepSpeed, loaded, every parameter checked against the conversion, BatchNorm statistics back
+    assert (f"train: loaded DeepSpeed's universal checkpoint of {where}: 10 parameters checked against it, "
+            f"6 buffers restored from it") in out
+    assert f"train: continuing {where}, written by 2 processes, with 1" in out
+    history = train_history(repo)
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[-1]["val_accuracy"] > 0.8
+    assert [d.name[-3:] for d in (repo / "checkpoints").iterdir() if d.is_dir()] == ["-w1"]
+
+
 def test_non_finite_loss_stops_the_run_and_nothing_is_registered(prepared, tmp_path):
     repo = fresh(prepared, tmp_path / "repo", 29774, **{"train.optimizer": {"name": "sgd", "lr": 1e12},
                                                          "train.grad_clip": 0.0})

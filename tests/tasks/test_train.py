@@ -92,8 +92,9 @@ def test_another_process_count_is_refused_or_continued_as_params_say(tmp_path):
                                          r"run has 1.*train.checkpoint.reshard: true to continue it"):
         refuse_other_world(Train(), tmp_path, "fp", world=1)
     refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}}), tmp_path, "fp", world=1)
-    with pytest.raises(InputError, match=r"only under ZeRO stage 0.*ZeRO stage 2 cut it into 2 parts.*universal"):
-        refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}, "zero_stage": 2}), tmp_path, "fp", 1)
+    refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}, "zero_stage": 2}), tmp_path, "fp", 1)
+    with pytest.raises(InputError, match=r"under ZeRO stages 0-2; stage 3 also cuts the weights"):
+        refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}, "zero_stage": 3}), tmp_path, "fp", 1)
     unfinished(1, 40)  # this count's own run went on from there: it is resumed, nothing to refuse
     refuse_other_world(Train(), tmp_path, "fp", world=1)
 
