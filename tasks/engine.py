@@ -67,6 +67,11 @@ def ds_config(params: Train, world_size: int, total_steps: int) -> dict:
     return config
 
 
+def zero_stage(cfg: dict) -> int:
+    """The ZeRO stage the engine really runs: train.zero_stage, or a user's DeepSpeed JSON over it."""
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))
+
+
 def build_engine(model: torch.nn.Module, cfg: dict):
     """deepspeed.initialize on the model with this config (the launcher's environment set)."""
     import deepspeed

@@ -20,7 +20,7 @@ import torch
 
 from models import build
 from tasks.agreement import PREEMPTED
-from tasks.engine import ds_config
+from tasks.engine import ds_config, zero_stage
 from tasks.errors import InputError
 from tasks.params import Params, Train
 from tasks.reshard import to_continue
@@ -88,11 +88,11 @@ def precheck(p: Params) -> None:
         problems.append(f"train.{p.train.model}: {e}")
     if problems:
         raise InputError("; ".join(problems))
-    ds_config(p.train, world, 1)  # train.deepspeed_config: exists, parses, holds an object
-    refuse_other_world(p.train, p.paths.checkpoints, fingerprint(p.train, p.paths.splits), world)
+    cfg = ds_config(p.train, world, 1)  # train.deepspeed_config: exists, parses, holds an object
+    refuse_other_world(p.train, zero_stage(cfg), p.paths.checkpoints, fingerprint(p.train, p.paths.splits), world)
 
 
-def refuse_other_world(p: Train, checkpoints: Path, fp: str, world: int) -> None:
+def refuse_other_world(p: Train, stage: int, checkpoints: Path, fp: str, world: int) -> None:
     """An unfinished run of the same params and data with another number of processes is not silently
     dropped: it cannot go on exactly with this many (each epoch's data order is cut into one shard per
     process, and ZeRO stages 1-3 the optimizer state). Say how to resume it, continue it (reshard) or start
@@ -101,7 +101,7 @@ def refuse_other_world(p: Train, checkpoints: Path, fp: str, world: int) -> None
     if found is None:  # none, or this count's own run is further along
         return
     other, tag, old = found
-    if p.checkpoint.reshard and p.zero_stage < 3:
+    if p.checkpoint.reshard and stage < 3:
         return
     if p.checkpoint.reshard:
         raise InputError(

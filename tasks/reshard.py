@@ -43,8 +43,10 @@ def unfinished_other_world(checkpoints: Path, fp: str, world: int, epochs: int) 
     of processes: (its run folder, its tag, that number), or None."""
     found = []
     for other in sorted(checkpoints.glob(f"{fp}-w*")):
+        if other.name == f"{fp}-w{world}":  # not hashed here: train checks this count's own run
+            continue
         tag = ckpt.newest_complete(other, warn=lambda _: None)
-        if other.name == f"{fp}-w{world}" or tag is None:
+        if tag is None:
             continue
         at = ckpt.record(other / tag)
         if at["resumes_at"]["epoch"] <= epochs:
@@ -59,8 +61,21 @@ def to_continue(checkpoints: Path, fp: str, world: int, epochs: int) -> tuple[Pa
     """The unfinished other-count run that reshard would continue: one further along than this count's
     own run (whose tags, once it continued another, come after that one's)."""
     found = unfinished_other_world(checkpoints, fp, world, epochs)
+    if found is None:
+        return None
     own = ckpt.newest_complete(checkpoints / f"{fp}-w{world}", warn=lambda _: None)
-    return found if found and (own is None or found[1] > own) else None
+    return found if own is None or found[1] > own else None
+
+
+def hand_over(state: dict, old_world: int) -> dict:
+    """The loop state a new count takes over: an interrupted epoch restarts at its first batch of the rows
+    not reached, and the handover is recorded after any earlier ones of that epoch, so train cuts the epoch
+    the same way on every later resume (train.epoch_batches)."""
+    if not state["batch"]:  # stopped between epochs: the next one is cut for the new count anyway
+        return state
+    earlier = state["resharded"]["handovers"] if (state["resharded"] or {}).get("epoch") == state["epoch"] else []
+    return state | {"batch": 0, "resharded": {"epoch": state["epoch"],
+                                              "handovers": earlier + [[old_world, state["batch"]]]}}
 
 
 def carry_best(source: Path, run_dir: Path, best_tag: str | None) -> None:
@@ -125,7 +140,11 @@ def check_universal_load(engine, folder: Path) -> tuple[int, int]:
     universal loader leaves as they were, come from their files. Then the engine loads ordinary
     checkpoints again (its own, the best one). Returns (parameters checked, buffers restored)."""
     def saved(name: str) -> torch.Tensor:
-        return torch.load(folder / "zero" / name / "fp32.pt", map_location="cpu", weights_only=True)["param"]
+        try:
+            return torch.load(folder / "zero" / name / "fp32.pt", map_location="cpu", weights_only=True)["param"]
+        except FileNotFoundError:
+            raise InputError(f"{folder}: the universal checkpoint has no {name}; set train.num_procs back to the "
+                             f"count that wrote it to resume it") from None
 
     params = 0
     for name, p in engine.module.named_parameters():

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from tasks import checkpoints as ckpt
 from tasks import reshard
 from tasks.agreement import PREEMPTED, Agreement, NonFiniteLoss, Preemption
-from tasks.engine import build_engine, ds_config
+from tasks.engine import build_engine, ds_config, zero_stage
 from tasks.errors import InputError, run_main
 from tasks.params import Train, load_params
 from tasks.tables import (
@@ -171,10 +171,11 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
     cfg = ds_config(params, world, steps_per_epoch * params.epochs)
     fp = fingerprint(params, splits)
     run_dir = checkpoints / f"{fp}-w{world}"  # data order and optimizer partitions follow the world size
-    start = [starting_point(params, checkpoints, fp, world) if rank == 0 else None]
+    stage = zero_stage(cfg)  # train.zero_stage, or a DeepSpeed JSON's
+    start = [starting_point(params, stage, checkpoints, fp, world) if rank == 0 else None]
     dist.broadcast_object_list(start, src=0)  # every rank resumes from the checkpoint rank 0 chose
     source, tag, old_world = start[0]
-    universal = old_world is not None and params.zero_stage > 0  # another count's ZeRO 1/2 parts, re-cut
+    universal = old_world is not None and stage > 0  # another count's ZeRO 1/2 parts, re-cut
     model = build(params.model, mcfg)
     engine = build_engine(model, reshard.universal_loading(cfg) if universal else cfg)
     dtype = input_dtype(params.precision, schema)
@@ -198,11 +199,7 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
             if rank == 0:
                 print(f"train: loaded DeepSpeed's universal checkpoint of {source / tag}: {checked} parameters "
                       f"checked against it, {restored} buffers restored from it", flush=True)
-        if state["batch"]:  # the rest of the interrupted epoch, shared out anew; recorded for later resumes
-            before = state["resharded"] if (state["resharded"] or {}).get("epoch") == state["epoch"] else None
-            state["resharded"] = {"epoch": state["epoch"],
-                                  "handovers": (before["handovers"] if before else []) + [[old_world, state["batch"]]]}
-            state["batch"] = 0
+        state = reshard.hand_over(state, old_world)
         if rank == 0:
             reshard.carry_best(source, run_dir, state["best_tag"])
             print(f"train: continuing {source / tag}, written by {old_world} processes, with {world} "
@@ -306,14 +303,14 @@ def train(params: Train, splits: Path, checkpoints: Path, model_path: Path, hist
             "early_stopped": stop_early, "world_size": world}
 
 
-def starting_point(params: Train, checkpoints: Path, fp: str, world: int) -> tuple[Path | None, str | None,
-                                                                                 int | None]:
+def starting_point(params: Train, stage: int, checkpoints: Path, fp: str,
+                   world: int) -> tuple[Path | None, str | None, int | None]:
     """Where training starts (rank 0 decides): (run folder, tag, None) to resume this count's own run,
     (folder, tag, its process count) to continue another count's (reshard), (None, None, None) afresh."""
     run_dir = checkpoints / f"{fp}-w{world}"
     other = reshard.to_continue(checkpoints, fp, world, params.epochs) if params.checkpoint.reshard else None
     if other:
-        if params.zero_stage > 0:  # its optimizer state is cut into one part per old process
+        if stage > 0:  # its optimizer state is cut into one part per old process
             reshard.to_universal(*other[:2])
         return other
     own = ckpt.newest_complete(run_dir)

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from tasks import checkpoints as ckpt
-from tasks.engine import ds_config
+from tasks import reshard
+from tasks.engine import ds_config, zero_stage
 from tasks.errors import InputError
 from tasks.launch import launcher_command, precheck, refuse_other_world, threads_per_rank
 from tasks.params import Train
 from tasks.reshard import rest_of_epoch
 from tasks.tables import TOKENS_KEY
-from tasks.train import epoch_order, input_dtype
+from tasks.train import epoch_batches, epoch_order, input_dtype
 from tests.conftest import ROOT
 
 
@@ -81,6 +82,30 @@ def test_a_resharded_epoch_deals_out_exactly_the_rows_the_old_processes_had_not_
         assert len(left) - len(rows) < world * 4  # at most a last part-batch a rank left out, as epoch_order does
 
 
+def test_handovers_chain_so_every_row_of_the_epoch_is_trained_once():
+    p = Train(batch_size=4, seed=1)
+    # 2 processes did 3 batches of epoch 2, then 1 process took over and did 4 of what it was dealt
+    state = reshard.hand_over({"epoch": 2, "batch": 3, "resharded": None}, old_world=2)
+    assert state == {"epoch": 2, "batch": 0, "resharded": {"epoch": 2, "handovers": [[2, 3]]}}
+    state = reshard.hand_over(state | {"batch": 4}, old_world=1)
+    assert state["resharded"]["handovers"] == [[2, 3], [1, 4]] and state["batch"] == 0
+    first = [epoch_order(100, 1, 2, r, 2, 4) for r in range(2)]
+    second = epoch_batches(100, p, 2, 0, 1, {"epoch": 2, "handovers": [[2, 3]]})
+    third = [epoch_batches(100, p, 2, r, 3, state["resharded"]) for r in range(3)]
+    trained = [b[:3] for b in first] + [second[:4]] + third
+    rows = torch.cat([b.flatten() for b in trained]).tolist()
+    assert len(rows) == len(set(rows))  # no row twice
+    epoch = set(torch.cat([b.flatten() for b in first]).tolist())
+    assert set(rows) <= epoch and len(epoch - set(rows)) < 3 * 4  # only a part-batch a rank left out at the end
+    assert epoch_batches(100, p, 3, 0, 3, state["resharded"]).equal(epoch_order(100, 1, 3, 0, 3, 4))  # later epochs
+
+
+def test_zero_stage_is_the_one_the_engine_runs(tmp_path):
+    (tmp_path / "z.json").write_text('{"zero_optimization": {"stage": 2}}')
+    assert zero_stage(ds_config(Train(), 2, 10)) == 0
+    assert zero_stage(ds_config(Train(deepspeed_config=tmp_path / "z.json"), 2, 10)) == 2
+
+
 def test_another_process_count_is_refused_or_continued_as_params_say(tmp_path):
     def unfinished(world: int, step: int) -> None:
         (tmp_path / f"fp-w{world}" / ckpt.step_tag(step)).mkdir(parents=True)
@@ -90,13 +115,13 @@ def test_another_process_count_is_refused_or_continued_as_params_say(tmp_path):
     unfinished(2, 30)
     with pytest.raises(InputError, match=r"fp-w2/step00000030: an unfinished run .* written by 2 processes; this "
                                          r"run has 1.*train.checkpoint.reshard: true to continue it"):
-        refuse_other_world(Train(), tmp_path, "fp", world=1)
-    refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}}), tmp_path, "fp", world=1)
-    refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}, "zero_stage": 2}), tmp_path, "fp", 1)
+        refuse_other_world(Train(), 0, tmp_path, "fp", world=1)
+    refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}}), 0, tmp_path, "fp", world=1)
+    refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}, "zero_stage": 2}), 2, tmp_path, "fp", 1)
     with pytest.raises(InputError, match=r"under ZeRO stages 0-2; stage 3 also cuts the weights"):
-        refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}, "zero_stage": 3}), tmp_path, "fp", 1)
+        refuse_other_world(Train.model_validate({"checkpoint": {"reshard": True}}), 3, tmp_path, "fp", 1)  # a JSON's
     unfinished(1, 40)  # this count's own run went on from there: it is resumed, nothing to refuse
-    refuse_other_world(Train(), tmp_path, "fp", world=1)
+    refuse_other_world(Train(), 0, tmp_path, "fp", world=1)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
