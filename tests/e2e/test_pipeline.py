@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tasks.checkpoints import MARKER, tags
+from tasks.training.checkpoints import MARKER, tags
 from tests.conftest import GIT_ENV, copy_repo, run, set_params
 
 pytestmark = pytest.mark.slow

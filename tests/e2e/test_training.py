@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.checkpoints import MARKER, tags
+from tasks.training.checkpoints import MARKER, tags
 from tests.conftest import copy_repo, run, set_params
 
 pytestmark = pytest.mark.slow

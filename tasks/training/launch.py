@@ -10,6 +10,8 @@ gives CPU ranks their share of the cores, and passes SIGTERM on to the ranks.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -19,31 +21,42 @@ from pathlib import Path
 import torch
 
 from models import build
-from tasks.agreement import PREEMPTED
-from tasks.engine import ds_config, zero_stage
 from tasks.errors import InputError
+from tasks.files import split_path
 from tasks.params import Params, Train
-from tasks.reshard import to_continue
 from tasks.tables import LABEL, feature_names, image_shape_of, read_json, read_model_table, tokens_of
-from tasks.train import fingerprint, model_config
+from tasks.training.agreement import PREEMPTED
+from tasks.training.engine import ds_config, zero_stage
+from tasks.training.reshard import to_continue
+from tasks.training.run import fingerprint, model_config, n_outputs
 
 
-def world_size(p: Train) -> int:
-    """How many ranks the launcher will start (see launcher_command): the hostfile's slots, else every
-    visible GPU, else num_procs."""
+def hosts(p: Train, env: dict | None = None) -> dict[str, list[int]]:
+    """The machines and the device (or CPU rank) ids on each, as DeepSpeed's launcher takes them: the
+    hostfile's `host slots=N` lines; else this machine: its visible GPUs (CUDA_VISIBLE_DEVICES respected,
+    as DeepSpeed's runner does), or num_procs CPU ranks."""
+    env = os.environ if env is None else env
     if p.hostfile:
         try:
             lines = [line.split("#")[0].split() for line in p.hostfile.read_text().splitlines()]
         except FileNotFoundError:  # DeepSpeed would quietly train on this machine alone
             raise InputError(f"{p.hostfile}: train.hostfile not found") from None
         try:
-            slots = [int(w[1].removeprefix("slots=")) for w in lines if w]
+            slots = {w[0]: int(w[1].removeprefix("slots=")) for w in lines if w}
         except (IndexError, ValueError):
-            slots = []
-        if not slots or any(n < 1 for n in slots):
+            slots = {}
+        if not slots or any(n < 1 for n in slots.values()):
             raise InputError(f"{p.hostfile}: train.hostfile needs one 'host slots=N' line per machine")
-        return sum(slots)
-    return torch.cuda.device_count() if torch.cuda.is_available() else p.num_procs
+        return {host: list(range(n)) for host, n in slots.items()}
+    if not torch.cuda.is_available():
+        return {"localhost": list(range(p.num_procs))}
+    visible = env.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return {"localhost": [int(d) for d in visible.split(",")] if visible else list(range(torch.cuda.device_count()))}
+
+
+def world_size(p: Train) -> int:
+    """How many ranks the launcher will start: every host's slots (see hosts)."""
+    return sum(len(ids) for ids in hosts(p).values())
 
 
 def precheck(p: Params) -> None:
@@ -52,10 +65,10 @@ def precheck(p: Params) -> None:
 
     t = read_json(p.paths.transform, "clean transform")
     regression = t.get("task") == "regression"
-    n_classes = None if regression else len(t["classes"])
-    tables = {s: read_model_table(p.paths.splits / f"{s}.parquet") for s in ("train", "val")}
+    n_classes = None if regression else n_outputs(t)
+    tables = {s: read_model_table(split_path(p.paths.splits, s)) for s in ("train", "val")}
     for s, table in tables.items():  # the boundary before any rank starts: finite features, known labels
-        check_model_table(table, p.paths.splits / f"{s}.parquet", n_classes)
+        check_model_table(table, split_path(p.paths.splits, s), n_classes)
     if regression != (p.train.loss != "cross_entropy"):
         raise InputError(f"train.loss {p.train.loss!r} does not fit the data, prepared for "
                          f"{'regression' if regression else 'classification'} (ingest.task); rerun from ingest")
@@ -83,7 +96,7 @@ def precheck(p: Params) -> None:
                         f"(augment.text.representation: sequence) need rnn or transformer")
     try:  # a shape that does not fit (seq_len, heads, image size) is named here, not in every rank
         x_width = len(feature_names(tables["train"].schema))
-        build(p.train.model, model_config(p.train, tables["train"].schema, x_width, n_classes or 1))
+        build(p.train.model, model_config(p.train, tables["train"].schema, x_width, n_outputs(t)))
     except ValueError as e:
         problems.append(f"train.{p.train.model}: {e}")
     if problems:
@@ -96,7 +109,7 @@ def refuse_other_world(p: Train, stage: int, checkpoints: Path, fp: str, world: 
     """An unfinished run of the same params and data with another number of processes is not silently
     dropped: it cannot go on exactly with this many (each epoch's data order is cut into one shard per
     process, and ZeRO stages 1-3 the optimizer state). Say how to resume it, continue it (reshard) or start
-    over; with train.checkpoint.reshard under ZeRO stages 0-2, let train continue it (tasks/reshard.py)."""
+    over; with train.checkpoint.reshard under ZeRO stages 0-2, let train continue it (reshard.py)."""
     found = to_continue(checkpoints, fp, world, p.epochs)
     if found is None:  # none, or this count's own run is further along
         return
@@ -118,17 +131,23 @@ def refuse_other_world(p: Train, stage: int, checkpoints: Path, fp: str, world: 
 
 
 def launcher_command(p: Train, env: dict | None = None) -> list[str]:
-    """DeepSpeed's launcher: every visible GPU, else `num_procs` CPU ranks; with train.hostfile, the hosts
-    it lists: started over ssh from node 0, or, where NODE_RANK is set, by one launcher on each node."""
+    """DeepSpeed's launcher for these params. Its per-node launcher (`deepspeed.launcher.launch`) starts
+    this machine's ranks: every visible GPU, else `num_procs` CPU ranks; with train.hostfile and NODE_RANK
+    set, this node's share of the hosts it lists. Only node 0 of a hostfile run without NODE_RANK goes
+    through DeepSpeed's runner, which starts the per-node launcher on every host over ssh. On one machine
+    the runner would only start the per-node launcher with the same arguments, for one more Python process
+    importing torch and DeepSpeed before any rank starts (benchmarks/startup.py)."""
     env = os.environ if env is None else env
-    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", f"--master_port={p.master_port}"]
+    module = ["--no_local_rank", "--module", "tasks.train"]
+    if p.hostfile and "NODE_RANK" not in env:
+        return [sys.executable, "-u", "-m", "deepspeed.launcher.runner", f"--master_port={p.master_port}",
+                f"--hostfile={p.hostfile}", f"--master_addr={p.master_addr}", *module]
+    world_info = base64.urlsafe_b64encode(json.dumps(hosts(p, env)).encode()).decode()
+    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
+           f"--master_addr={p.master_addr if p.hostfile else '127.0.0.1'}", f"--master_port={p.master_port}"]
     if p.hostfile:
-        cmd += [f"--hostfile={p.hostfile}", f"--master_addr={p.master_addr}"]
-        if "NODE_RANK" in env:
-            cmd += ["--no_ssh", f"--node_rank={env['NODE_RANK']}"]
-    elif not torch.cuda.is_available():
-        cmd.append(f"--num_gpus={p.num_procs}")
-    return cmd + ["--no_local_rank", "--module", "tasks.train"]
+        cmd.append(f"--node_rank={env['NODE_RANK']}")
+    return cmd + module
 
 
 def threads_per_rank(p: Train) -> dict:

@@ -30,12 +30,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from tasks import checkpoints as ckpt
 from tasks.errors import InputError
+from tasks.training import checkpoints as ckpt
+from tasks.training.state import LoopState
 
 
 def unfinished_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> tuple[Path, str, int] | None:
@@ -67,15 +69,14 @@ def to_continue(checkpoints: Path, fp: str, world: int, epochs: int) -> tuple[Pa
     return found if own is None or found[1] > own else None
 
 
-def hand_over(state: dict, old_world: int) -> dict:
+def hand_over(state: LoopState, old_world: int) -> LoopState:
     """The loop state a new count takes over: an interrupted epoch restarts at its first batch of the rows
     not reached, and the handover is recorded after any earlier ones of that epoch, so train cuts the epoch
-    the same way on every later resume (train.epoch_batches)."""
-    if not state["batch"]:  # stopped between epochs: the next one is cut for the new count anyway
+    the same way on every later resume (data.epoch_batches)."""
+    if not state.batch:  # stopped between epochs: the next one is cut for the new count anyway
         return state
-    earlier = state["resharded"]["handovers"] if (state["resharded"] or {}).get("epoch") == state["epoch"] else []
-    return state | {"batch": 0, "resharded": {"epoch": state["epoch"],
-                                              "handovers": earlier + [[old_world, state["batch"]]]}}
+    earlier = state.resharded["handovers"] if (state.resharded or {}).get("epoch") == state.epoch else []
+    return replace(state, batch=0, resharded={"epoch": state.epoch, "handovers": earlier + [[old_world, state.batch]]})
 
 
 def carry_best(source: Path, run_dir: Path, best_tag: str | None) -> None:
