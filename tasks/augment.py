@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from tasks.contract import check_model_table
 from tasks.errors import InputError, run_main
+from tasks.files import TOKENIZER_FILE, split_path
 from tasks.params import Augment, ImageAug, TableAug, TextAug, load_params
 from tasks.tables import (
     LABEL,
@@ -43,8 +44,7 @@ from tasks.tables import (
     write_table,
 )
 
-TOKENIZER_FILE = "tokenizer.json"
-SPECIAL_TOKENS = ["[PAD]", "[UNK]"]
+SPECIAL_TOKENS = ["[PAD]", "[UNK]"]  # [PAD] is id 0, what token_sequences pads with
 
 
 def augment_images(x: torch.Tensor, shape: tuple[int, int], p: ImageAug, gen: torch.Generator) -> torch.Tensor:
@@ -135,17 +135,31 @@ def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
     return np.column_stack([table[c].to_numpy() for c in names]).astype(np.float32)
 
 
+def _split_parts(table: pa.Table, clean_path: Path) -> dict[str, pa.Table]:
+    """The clean table's rows of each split, in SPLITS order; every split must have some."""
+    parts = {s: table.filter(pc.equal(table[SPLIT], s)) for s in SPLITS}
+    for s, part in parts.items():
+        if part.num_rows == 0:
+            raise InputError(f"{clean_path}: the {s!r} split has no rows")
+    return parts
+
+
+def _write_split(x: np.ndarray, y: np.ndarray, name: str, schema: pa.Schema, out_dir: Path) -> None:
+    cols = [pa.array(x[:, j]) for j in range(x.shape[1])]
+    cols += [pa.array(y), pa.array(np.full(len(y), name, dtype=object), pa.string())]
+    write_table(pa.Table.from_arrays(cols, schema=schema), split_path(out_dir, name))
+
+
 def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Path) -> dict:
+    """Write split_path(out_dir, s) for each split, the training one with `params.copies` augmented copies
+    of each row, and the tokenizer for text; return the row counts."""
     table = read_model_table(clean_path)
     t = read_json(transform_path, "clean transform")
     regression = t.get("task") == "regression"
     # the boundary: finite values, labels in range
     check_model_table(table, clean_path, None if regression else len(t["classes"]))
     features, shape, text = feature_names(table.schema), image_shape_of(table.schema), text_column_of(table.schema)
-    parts = {s: table.filter(pc.equal(table[SPLIT], s)) for s in SPLITS}
-    for s, part in parts.items():
-        if part.num_rows == 0:
-            raise InputError(f"{clean_path}: the {s!r} split has no rows")
+    parts = _split_parts(table, clean_path)
     rng, gen = np.random.default_rng(params.seed), torch.Generator().manual_seed(params.seed)
     tok, vocab, names = None, 0, list(features)
     sequence = bool(text) and params.text.representation == "sequence"
@@ -180,11 +194,8 @@ def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Pa
                 extra = np.hstack([extra, text_features(ids, params.text.token_dropout)])
             blocks.append(extra)
             targets.append(extra_y)
-        xs, ys = np.concatenate(blocks), np.concatenate(targets)
-        cols = [pa.array(xs[:, j]) for j in range(xs.shape[1])]
-        cols += [pa.array(ys), pa.array(np.full(len(ys), s, dtype=object), pa.string())]
-        write_table(pa.Table.from_arrays(cols, schema=schema), out_dir / f"{s}.parquet")
-        counts[s] = len(ys)
+        _write_split(np.concatenate(blocks), np.concatenate(targets), s, schema, out_dir)
+        counts[s] = sum(len(block) for block in targets)
     return {"rows": counts, "features": len(names), "image_shape": list(shape) if shape else None,
             "tokenizer_vocab": vocab or None}
 

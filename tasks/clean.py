@@ -3,8 +3,9 @@
     python -m tasks.clean             # what `dvc repro clean` runs
 
 The raw snapshot (Parquet, in row groups of 65,536 rows) is streamed in
-batches, so a table larger than memory is cleaned in three passes that each
-hold a few batches (or columns) at a time, and keep both cores busy:
+batches of `clean.batch_rows` rows, so a table larger than memory is cleaned
+in three passes that each hold a few batches (or columns) at a time, and keep
+both cores busy:
 
 1. hash every row: exact duplicates are found across batches, and each row's
    split follows from the hash of its key (hashing.py), so adding rows never
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks import transform as tf
+from tasks import transform
 from tasks.contract import kind_of, missing_mask
 from tasks.errors import InputError, run_main
 from tasks.hashing import assign_splits, first_occurrences, row_hash
@@ -102,7 +103,7 @@ def scan(raw: Raw, label: str, text: str | None, params: Clean) -> dict:
         raise InputError(f"clean: unknown column(s) {unknown} in clean.split.key_columns or "
                          f"clean.missing_columns (columns: {', '.join(names[:12])})")
     kinds = {f.name: kind_of(f, text) for f in raw.schema if f.name not in (label, text)}
-    drop_cols = [c for c, kind in kinds.items() if tf.strategy_of(c, kind, params) == "drop"]
+    drop_cols = [c for c, kind in kinds.items() if transform.strategy_of(c, kind, params) == "drop"]
 
     def hash_batch(_: int, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array]:
         h = row_hash(batch, names)
@@ -161,21 +162,21 @@ def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: 
         col = raw.column(field.name)
         missing = int(np.count_nonzero(missing_mask(col).to_numpy(zero_copy_only=False) & keep))
         if kind_of(field, text) == "number":
-            return tf.fit_numeric(field.name, tf._numeric(col.filter(mask)), params), missing
-        return tf.fit_category(field.name, col.filter(mask), params), missing
+            return transform.fit_numeric(field.name, transform.as_float64(col.filter(mask)), params), missing
+        return transform.fit_category(field.name, col.filter(mask), params), missing
 
     fields = [f for f in raw.schema if f.name not in (label, text)]
     with ThreadPoolExecutor(WORKERS) as pool:  # numpy and Arrow release the GIL: columns fit side by side
         fitted = dict(zip([f.name for f in fields], pool.map(fit_column, fields)))
     numeric = [fitted[f.name][0] for f in fields if kind_of(f, text) == "number"]
     categorical = [fitted[f.name][0] for f in fields if kind_of(f, text) != "number"]
-    t = {"numeric": tf.finish_scaling(numeric, params), "categorical": categorical,
+    t = {"numeric": transform.finish_scaling(numeric, params), "categorical": categorical,
          "label_column": label, "classes": classes, "task": manifest.get("task", "classification"),
          "text_column": text, "text": params.text.model_dump(),
          "image_shape": manifest.get("image_shape"), "data_version": manifest.get("version")}
-    t["features"] = tf.feature_names(t)
+    t["features"] = transform.feature_names(t)
     if t["task"] == "regression":  # the model learns the standardised target; evaluate scales it back
-        y = tf._numeric(raw.column(label).filter(mask))
+        y = transform.as_float64(raw.column(label).filter(mask))
         t["target"] = {"center": float(np.nanmean(y)), "scale": float(np.nanstd(y)) or 1.0}
     missing = {name: m for name, (_, m) in fitted.items() if m}
     return t, {"missing_values_filled": sum(missing.values()), "missing_by_column": missing}
@@ -184,20 +185,20 @@ def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: 
 def write_clean(raw: Raw, t: dict, keep: np.ndarray, split: np.ndarray, out_path: Path, batch_rows: int) -> None:
     """Pass 3: transform every kept row, batch by batch, into the clean table; the next batch is
     transformed while this one is written."""
-    schema = model_schema(t["features"], t["image_shape"], t["text_column"], flags=set(tf.flag_names(t)),
+    schema = model_schema(t["features"], t["image_shape"], t["text_column"], flags=set(transform.flag_names(t)),
                           regression=t["task"] == "regression")
     split_names = pa.array(SPLITS)
 
-    def transform(start: int, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def clean_batch(start: int, batch: pa.RecordBatch) -> pa.RecordBatch:
         m = keep[start:start + batch.num_rows]
-        arrays, text = tf.apply(batch, t, rows=m)
-        y = tf.label_values(batch.column(t["label_column"]), t)[m]
+        arrays, text = transform.apply(batch, t, rows=m)
+        y = transform.label_values(batch.column(t["label_column"]), t)[m]
         cols = arrays + ([text] if text is not None else [])
         cols += [pa.array(y), split_names.take(pa.array(split[start:start + len(m)][m]))]
         return pa.RecordBatch.from_arrays(cols, schema=schema)
 
     with table_writer(out_path, schema) as writer:
-        for out in ahead(transform, raw.batches(batch_rows)):
+        for out in ahead(clean_batch, raw.batches(batch_rows)):
             writer.write_batch(out)
 
 

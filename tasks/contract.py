@@ -192,16 +192,17 @@ def check(table: pa.Table, contract: Contract, params: Ingest) -> list[dict]:
         out += _check_column(field.name, table[field.name], field, contract.columns.get(field.name), contract,
                              text, table.num_rows)
     if label in names and not any(v["column"] == label and v["check"] == "type" for v in out):
-        out += _check_target(table, label) if params.task == "regression" else _check_labels(table, label, contract)
+        out += (_check_target(table, label, contract.examples) if params.task == "regression" else
+                _check_labels(table, label, contract))
     return out
 
 
-def _check_target(table: pa.Table, label: str) -> list[dict]:
+def _check_target(table: pa.Table, label: str, examples: int) -> list[dict]:
     """A regression target: numbers, some of them present (class balance means nothing here)."""
     col = table[label]
     if kind_of(table.schema.field(label), None) != "number":
         return [violation("type", label, table.num_rows, f"ingest.task is regression, so the label must hold "
-                          f"numbers; it holds {col.type}", _row_examples(pc.is_valid(col), col, 3))]
+                          f"numbers; it holds {col.type}", _row_examples(pc.is_valid(col), col, examples))]
     if pc.sum(pc.invert(missing_mask(col))).as_py() in (0, None):
         return [violation("labels", label, table.num_rows, "no row has a target value")]
     return []

@@ -1,7 +1,9 @@
 """The fitted preprocessing: fit on training rows column by column, apply batch by batch.
 
-    t = fit(dataset, columns, train_mask, params)   # clean, once
-    arrays, text = apply(batch, t)                   # clean, evaluate, predict
+    from tasks import transform
+    stats = transform.fit_numeric(name, values, params)         # clean: per column, on training rows
+    numeric = transform.finish_scaling([stats, ...], params)    # clean: the scales, once all are fitted
+    arrays, text = transform.apply(batch, t)                    # clean, evaluate, predict
 
 The transform is a JSON-ready dict saved beside the clean table. Numeric
 columns: a fill value (mean / median / mode / constant), optional clipping to
@@ -28,7 +30,8 @@ def strategy_of(name: str, kind: str, params: Clean) -> str:
     return params.missing_columns.get(name, default)
 
 
-def _numeric(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def as_float64(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A numeric column as float64 values, a missing value as NaN."""
     return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
 
 
@@ -154,7 +157,7 @@ def apply(batch: pa.RecordBatch | pa.Table, t: dict, rows: np.ndarray | None = N
     copying the whole batch first)."""
     arrays = []
     for c in t["numeric"]:  # in place on one float64 copy of the column
-        x = _numeric(batch.column(c["name"]))
+        x = as_float64(batch.column(c["name"]))
         x = x[rows] if rows is not None else x if x.flags.writeable else x.copy()  # not the batch's own buffer
         np.copyto(x, c["fill"], where=np.isnan(x))
         if c["clip"]:
@@ -188,7 +191,7 @@ def apply(batch: pa.RecordBatch | pa.Table, t: dict, rows: np.ndarray | None = N
 def label_values(values: pa.Array | pa.ChunkedArray, t: dict) -> np.ndarray:
     """What the model learns: class indices (int64), or the standardised target (float32) of a regression."""
     if t.get("task") == "regression":
-        return ((_numeric(values) - t["target"]["center"]) / t["target"]["scale"]).astype(np.float32)
+        return ((as_float64(values) - t["target"]["center"]) / t["target"]["scale"]).astype(np.float32)
     return label_codes(values, t["classes"])
 
 

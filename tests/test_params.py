@@ -1,11 +1,16 @@
-"""params.yaml: the shipped file loads; bad keys and types are named."""
+"""params.yaml: the shipped file and configs load; bad keys and types are named; one default per key."""
+
+import subprocess
+import sys
+from typing import Iterator
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
-from tasks.errors import InputError
-from tasks.params import load_params
+from tasks.errors import EXIT_INPUT, InputError
+from tasks.params import Params, Train, load_params
 from tests.conftest import ROOT
 
 
@@ -42,6 +47,18 @@ def test_every_problem_reported_at_once(tmp_path):
     msg = str(err.value)
     assert "3 problem(s)" in msg
     assert "train.epochs" in msg and "clean.scaling" in msg and "register: missing key" in msg
+
+
+def test_the_command_checks_a_params_file(tmp_path):
+    """`python -m tasks.params [FILE]`, as the README says: the resolved params, or every problem and exit 2."""
+    ok = subprocess.run([sys.executable, "-m", "tasks.params"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "params.yaml: ok" in ok.stderr
+    assert yaml.safe_load(ok.stdout)["train"]["epochs"] == load_params(ROOT / "params.yaml").train.epochs
+    params = shipped()
+    params["clean"]["batch_rowz"] = 1
+    bad = subprocess.run([sys.executable, "-m", "tasks.params", str(write(tmp_path, params))], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == EXIT_INPUT and "clean.batch_rowz: unknown key" in bad.stderr
 
 
 def test_params_are_frozen():
@@ -87,3 +104,100 @@ def test_early_stopping_metric_is_a_known_one(tmp_path):
     params["train"]["early_stopping"]["metric"] = "val_mae"  # a regression metric, on classes
     with pytest.raises(InputError, match=r"'val_mae' is a regression metric"):
         load_params(write(tmp_path, params))
+
+
+# Keys whose default in the code is not params.yaml's value, on purpose, and why. Each describes the shipped
+# data set or model, where the code's default is what suits a source of the user's. Required keys (paths,
+# ingest.source) have no default to compare; like every key, they must be written in params.yaml.
+NOT_THE_DEFAULT = {
+    "ingest.header": "the shipped digits CSV has no header row; most CSV files have one",
+    "ingest.image_shape": "the shipped digits are 8x8 images; a source of the user's is a table until it says so",
+    "contract.columns": "the shipped data's own columns",
+    "register.card": "the model card's words about the shipped model",
+}
+
+
+def leaf_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """(dotted key, field) of every leaf of a params model, its nested sections walked into."""
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from leaf_fields(field.annotation, key + ".")
+        else:
+            yield key, field
+
+
+def written(tree: dict, key: str) -> bool:
+    """Whether the dotted `key` is written in the YAML mapping `tree`."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def loaded(params: Params, key: str):
+    """The value of the dotted `key` in loaded params."""
+    for part in key.split("."):
+        params = getattr(params, part)
+    return params
+
+
+def exempt(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in NOT_THE_DEFAULT)
+
+
+def test_every_key_a_stage_reads_is_written_in_params_yaml():
+    """DVC tracks params.yaml's values only: a key left to the code's default would rerun nothing."""
+    raw = shipped()
+    missing = [f"{key} (the code's default: {field.get_default(call_default_factory=True)!r})"
+               for key, field in leaf_fields(Params) if not written(raw, key)]
+    assert not missing, "missing from params.yaml:\n  " + "\n  ".join(missing)
+
+
+def test_the_code_defaults_are_params_yaml_values():
+    """One default per key: the typed params' default is the value params.yaml runs with."""
+    p, raw = load_params(ROOT / "params.yaml"), shipped()
+    differ = []
+    for key, field in leaf_fields(Params):
+        if field.is_required() or exempt(key) or not written(raw, key):  # a missing key fails the test above
+            continue
+        default, value = field.get_default(call_default_factory=True), loaded(p, key)
+        if default != value:
+            differ.append(f"{key}: the code's default is {default!r}, params.yaml has {value!r}")
+    assert not differ, "the code's defaults and params.yaml disagree:\n  " + "\n  ".join(differ)
+
+
+def test_every_key_is_described():
+    """A reader of tasks/params/ (or of Params.model_json_schema()) learns what each key does."""
+    assert [key for key, field in leaf_fields(Params) if not field.description] == []
+
+
+def test_the_exemptions_name_keys_that_exist():
+    keys = [key for key, _ in leaf_fields(Params)]
+    assert all(any(k == e or k.startswith(e + ".") for k in keys) for e in NOT_THE_DEFAULT)
+    assert all(not field.is_required() for key, field in leaf_fields(Params) if exempt(key))
+
+
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*") if p.is_file() and p.suffix != ".md")
+
+
+def test_configs_folder_holds_configs():
+    assert CONFIGS, "configs/ holds no config: the test below would check nothing"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_config_loads(path):
+    """A DeepSpeed JSON merges over the derived config and passes DeepSpeed's own validation; a YAML file
+    is a whole params file."""
+    if path.suffix == ".json":
+        from deepspeed.runtime.config import DeepSpeedConfig
+
+        from tasks.training.engine import ds_config
+
+        config = ds_config(Train(deepspeed_config=path), world_size=1, total_steps=10)  # 1: no process group
+        assert DeepSpeedConfig(config).train_batch_size == Train().batch_size
+    elif path.suffix in (".yaml", ".yml"):
+        load_params(path)
+    else:
+        pytest.fail(f"{path}: no test knows how to load a {path.suffix} config; add one here")

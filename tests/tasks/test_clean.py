@@ -7,13 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import transform as tf
+from tasks import transform
 from tasks.clean import Raw
 from tasks.errors import InputError
 from tasks.hashing import assign_splits, first_occurrences, row_hash
-from tasks.params import Contract, Split
+from tasks.params import Split
 from tasks.tables import ROW_GROUP_ROWS, read_model_table, read_table
-from tests.tasks.conftest import run_clean, run_ingest
+from tests.tasks.conftest import run_clean, run_ingest, tiny_contract
 
 
 def test_report_counts_what_was_done(staged):
@@ -45,7 +45,7 @@ def test_statistics_are_fitted_on_training_rows_only(staged):
 def test_transform_reproduces_the_cleaned_features(staged):
     t = json.loads(staged["transform"].read_text())
     raw = pq.read_table(staged["raw"]).slice(0, 1)
-    arrays, _ = tf.apply(raw, t)
+    arrays, _ = transform.apply(raw, t)
     table = read_model_table(staged["clean"])
     np.testing.assert_allclose([a[0].as_py() for a in arrays], [table[c][0].as_py() for c in t["features"]],
                                rtol=1e-6)
@@ -92,10 +92,11 @@ def test_per_column_strategies_outliers_and_categories(tmp_path):
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
     run_ingest(tmp_path / "s.csv", tmp_path)
     run_clean(tmp_path, missing_columns={"age": "mean"}, missing_category="mode", outliers=(0.0, 0.98),
-              scaling="minmax")
+              scaling="minmax", per_column=True)  # a table: each column its own scale
     t = json.loads((tmp_path / "transform.json").read_text())
     num = {c["name"]: c for c in t["numeric"]}
     assert num["age"]["strategy"] == "mean" and 20 <= num["age"]["fill"] <= 60
+    assert num["age"]["scale"] < 100 < num["income"]["scale"]  # years and money, each by its own range
     assert num["income"]["clip"][1] < 1_000_000  # the outlier is clipped to the 98% quantile
     assert t["categorical"][0]["categories"] == ["oslo", "paris", "rome"]  # mode filled, no extra category
     assert t["features"] == ["age", "income", "city=oslo", "city=paris", "city=rome"]
@@ -107,7 +108,7 @@ def test_per_column_strategies_outliers_and_categories(tmp_path):
     assert (onehot.sum(axis=1) == 1).all()
     assert t["classes"] == ["no", "yes"]
     # an unseen category at prediction time becomes all zeros
-    arrays, _ = tf.apply(pa.table({"age": [30.0], "city": ["lima"], "income": [1200.0]}), t)
+    arrays, _ = transform.apply(pa.table({"age": [30.0], "city": ["lima"], "income": [1200.0]}), t)
     assert [a[0].as_py() for a in arrays[2:]] == [0.0, 0.0, 0.0]
 
 
@@ -125,7 +126,7 @@ def test_drop_strategy_and_text_normalisation(tmp_path):
 
 def test_column_without_training_values_is_named(tmp_path):
     (tmp_path / "s.csv").write_text("a,b,label\n" + "".join(f"{i},,{i % 2}\n" for i in range(40)))
-    run_ingest(tmp_path / "s.csv", tmp_path, contract=Contract(max_null_ratio=1.0))
+    run_ingest(tmp_path / "s.csv", tmp_path, contract=tiny_contract(max_null_ratio=1.0))
     with pytest.raises(InputError, match="column 'b': no value in any training row"):
         run_clean(tmp_path)
     assert not (tmp_path / "clean.arrow").exists()
@@ -136,7 +137,7 @@ def test_missing_categories_take_the_fill_code_in_plain_and_dictionary_columns()
                                          "encoding": "ordinal"}]}
     plain = pa.array(["a", None, "z", "b"])
     for values in (plain, plain.dictionary_encode()):
-        assert tf.apply(pa.table({"c": values}), t)[0][0].to_pylist() == [1.0, 0.0, -1.0, 2.0]
+        assert transform.apply(pa.table({"c": values}), t)[0][0].to_pylist() == [1.0, 0.0, -1.0, 2.0]
 
 
 @pytest.mark.parametrize("values", [[], [7], [3, 3, 3], [5, 1, 5, 2, 1, 1, 9]])
@@ -181,7 +182,7 @@ def test_regression_target_is_standardised_on_training_rows(tmp_path):
     target = 100.0 + 20.0 * x + rng.normal(size=400)
     pq.write_table(pa.table({"x": x, "y": target}), tmp_path / "s.parquet")
     run_ingest(tmp_path / "s.parquet", tmp_path, image_shape=None, label_column="y", task="regression",
-               contract=Contract(max_class_ratio=None))
+               contract=tiny_contract(max_class_ratio=None))
     run_clean(tmp_path)
     t = json.loads((tmp_path / "transform.json").read_text())
     assert t["task"] == "regression" and t["classes"] == []

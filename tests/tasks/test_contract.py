@@ -18,7 +18,7 @@ from tasks.errors import InputError
 from tasks.hashing import assign_splits, row_hash
 from tasks.ingest import failed_report_path
 from tasks.params import ColumnRule, Contract, Drift, Ingest, Split
-from tests.tasks.conftest import paths, run_clean, run_ingest, tiny_csv
+from tests.tasks.conftest import paths, run_clean, run_ingest, tiny_contract, tiny_csv
 
 
 def digests(root: Path) -> dict:
@@ -163,9 +163,10 @@ def test_empty_folder(root):
 def test_every_contract_violation_is_reported_at_once(root):
     lines = ["a,color,extra,label"] + [f"{i},{['red', 'blue', 'green'][i % 3]},{i},{int(i == 9)}"
                                        for i in range(10)]
-    contract = Contract(columns={"a": ColumnRule(type="number", min=0, max=5),
-                                 "color": ColumnRule(allowed=("red", "blue")), "weight": ColumnRule(type="number")},
-                        only_declared=True, min_rows=50, min_class_rows=2, max_class_ratio=3)
+    contract = tiny_contract(columns={"a": ColumnRule(type="number", min=0, max=5),
+                                      "color": ColumnRule(allowed=("red", "blue")),
+                                      "weight": ColumnRule(type="number")},
+                             only_declared=True, min_rows=50, min_class_rows=2, max_class_ratio=3)
     failed = str(failed_report_path(paths(root)["contract"]))
     msg = refused(root, write_csv(root / "declared.csv", lines), "7 violation(s)", failed,
                   "10 data rows, at least 50 required", "column 'weight': declared column missing",
@@ -188,7 +189,7 @@ def test_allowed_values_of_float_and_bool_columns():
     t = pa.table({"x": [1.0, 2.0, 1.5], "flag": [True, False, True], "label": [0, 1, 0]})
     rules = {"x": ColumnRule(allowed=(1.0, 2.0, 1.5)), "flag": ColumnRule(allowed=(True, False)),
              "label": ColumnRule(allowed=(0.0, 1.0))}
-    assert check(t, Contract(columns=rules), params) == []
+    assert check(t, tiny_contract(columns=rules), params) == []
 
 
 def label_csv(path: Path, labels: list[int], shift: int = 0) -> Path:
@@ -206,7 +207,7 @@ def shifted(tmp_path):
 def test_drift_is_reported_without_the_gate(tmp_path, shifted):
     a, b = shifted
     version = run_ingest(a, tmp_path)["version"]
-    m = run_ingest(b, tmp_path, Contract(drift=Drift(gate=False)))
+    m = run_ingest(b, tmp_path, tiny_contract(drift=Drift(gate=False)))
     d = report(tmp_path)["drift"]
     assert report(tmp_path)["ok"] is True and m["rows"] == 40
     assert d["against"] == version and d["label_shift"] == pytest.approx(0.4)
@@ -216,15 +217,15 @@ def test_drift_is_reported_without_the_gate(tmp_path, shifted):
 
 def test_drift_gate_refuses_and_keeps_the_previous_snapshot(tmp_path, shifted):
     a, b = shifted
-    run_ingest(a, tmp_path, Contract(drift=Drift(gate=True)))
+    run_ingest(a, tmp_path, tiny_contract(drift=Drift(gate=True)))
     refused(tmp_path, b, "2 violation(s)", "label distribution moved by 0.400", "limit 0.1", "column 'a'",
-            contract=Contract(drift=Drift(gate=True)))
+            contract=tiny_contract(drift=Drift(gate=True)))
     assert [v["check"] for v in report(tmp_path)["violations"]] == ["drift", "drift"]
 
 
 def test_reingesting_the_current_data_after_a_refusal_has_no_drift(tmp_path, shifted):
     a, b = shifted
-    gate = Contract(drift=Drift(gate=True))
+    gate = tiny_contract(drift=Drift(gate=True))
     run_ingest(a, tmp_path, gate)
     with pytest.raises(InputError):
         run_ingest(b, tmp_path, gate)

@@ -1,0 +1,41 @@
+"""The base of every params section, and `paths`, the one section every stage shares.
+
+    from tasks.params import Section, Paths
+
+A section is a frozen pydantic model: unknown keys and wrong types are refused
+with the dotted key that caused them (tasks/params/loader.py reports them all).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    """A params section: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Section):
+    """Every file the pipeline reads or writes; dvc.yaml templates these."""
+
+    sources: Path = Field(description="folder of local source files (an ingest dep)")
+    raw: Path = Field(description="ingest: raw snapshot (Parquet)")
+    raw_manifest: Path = Field(description="ingest: data version, row count, schema, profile, source")
+    contract_report: Path = Field(description="ingest: data contract violations and drift (JSON)")
+    clean: Path = Field(description="clean: cleaned table with a `split` column")
+    transform: Path = Field(description="clean: fitted imputation/scaling for inference")
+    clean_report: Path = Field(description="clean: counts of what was dropped/filled")
+    splits: Path = Field(description="augment: folder of train/val/test Parquet files")
+    checkpoints: Path = Field(description="train: DeepSpeed checkpoints (persistent)")
+    model: Path = Field(description="train: consolidated weights (safetensors)")
+    train_history: Path = Field(description="train: per-epoch loss/accuracy (DVC plot)")
+    train_live: Path = Field(description="train: DVCLive folder, per-epoch metrics and plots")
+    metrics: Path = Field(description="evaluate: test metrics (DVC metrics)")
+    confusion: Path = Field(description="evaluate: actual/predicted pairs (DVC plot)")
+    figures: Path = Field(description="evaluate: PNG figures for people and Prefect")
+    lineage: Path = Field(description="register: the registered version's record")
+    model_card: Path = Field(description="register: the version's model card (markdown)")
