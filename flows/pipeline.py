@@ -36,8 +36,10 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run
 
 from flows import artifacts, plan, trace
-from flows.stages import stage_outs, stage_task
+from flows.stages import stage_task
 from tasks.params import Params
+from tasks.registry.dvc_files import read_lock, stage_outs
+from tasks.registry.git import commit_paths
 from tasks.sources import is_remote
 
 STAGES = ("ingest", "clean", "augment", "train", "evaluate", "register")
@@ -73,13 +75,13 @@ def name_after_data(repo: Path, p: Params) -> None:
 def run_stages(repo: Path, p: Params, only_if_new_data: bool, train_timeout_s: float,
                hardware_slot: str) -> list[dict]:
     r = str(repo)
-    before = stage_outs(repo, "ingest")
+    before = stage_outs(read_lock(repo), "ingest")
     try:  # a remote source may have changed without DVC seeing it: always look
         summaries = [ingest(stage="ingest", repo=r, timeout_s=600, force=is_remote(p.ingest.source))]
     finally:
         artifacts.publish_data_report(repo, p)
     name_after_data(repo, p)
-    if only_if_new_data and summaries[0]["outs"] == before and stage_outs(repo, "register"):
+    if only_if_new_data and summaries[0]["outs"] == before and stage_outs(read_lock(repo), "register"):
         print("ingest: the data version is unchanged; nothing to retrain")
         return summaries
     summaries += [clean(stage="clean", repo=r, timeout_s=600), augment(stage="augment", repo=r, timeout_s=600)]
@@ -120,7 +122,7 @@ def pipeline(repo: str = ".", overrides: dict[str, Any] | None = None, branch: s
             ran = [s["stage"] for s in summaries if s["status"] == "ran"]
             if branch or overrides:
                 what = f" with {json.dumps(overrides)}" if overrides else ""
-                sha = trace.commit(path, f"Pipeline run {run_name}{what}: ran {', '.join(ran) or 'nothing'}",
+                sha = commit_paths(path, f"Pipeline run {run_name}{what}: ran {', '.join(ran) or 'nothing'}",
                                    trace.tracked_outputs(path))
                 print(f"trace: {'committed ' + sha[:8] if sha else 'nothing new to commit'} "
                       f"on {branch or 'the current branch'}")

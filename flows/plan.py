@@ -107,11 +107,11 @@ def plan(repo_path: str | Path = ".", driver: str = "dvc") -> list[dict]:
 
 def _steps(repo, forced: set[str]) -> list[dict]:
     import networkx as nx
-    import yaml
+
+    from tasks.registry.dvc_files import locked_stages, read_lock
 
     status = repo.status()
-    lock = Path("dvc.lock")
-    locked = set((yaml.safe_load(lock.read_text()) or {}).get("stages", {})) if lock.exists() else set()
+    locked = locked_stages(read_lock())
     graph = repo.index.graph  # edges point from a stage to the stages it depends on
     steps, upstream_runs = [], set()
     for stage in reversed(list(nx.topological_sort(graph))):

@@ -21,14 +21,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
 from tasks.errors import EXIT_TRANSIENT
+from tasks.registry.dvc_files import read_lock, stage_outs
 
 GRACE_S = 20  # after SIGTERM, before SIGKILL: time for training to write its checkpoint
 EPOCH_LINE = re.compile(r"^train: epoch (\d+)/(\d+)\b(.*)")
@@ -40,13 +39,6 @@ class StageFailed(RuntimeError):
 
 class TransientStageFailure(StageFailed):
     """A stage failed on a transient I/O error (exit code 75): worth a retry."""
-
-
-def stage_outs(repo: Path, stage: str) -> dict:
-    """{out path: md5} of a stage as dvc.lock records it."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text()) if (repo / "dvc.lock").exists() else {}
-    entry = (lock or {}).get("stages", {}).get(stage, {})
-    return {o["path"]: o.get("md5") for o in entry.get("outs", [])}
 
 
 def error_lines(lines: list[str]) -> list[str]:
@@ -150,7 +142,7 @@ def run_dvc_stage(stage: str, repo: str = ".", timeout_s: float = 3600, force: b
     status = ("ran" if f"Running stage '{stage}'" in text
               else "restored" if "is cached - skipping run" in text else "skipped")
     return {"stage": stage, "status": status, "seconds": round(time.monotonic() - start, 1),
-            "outs": stage_outs(Path(repo), stage)}
+            "outs": stage_outs(read_lock(repo), stage)}
 
 
 def retry_if_transient(task, task_run, state) -> bool:

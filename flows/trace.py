@@ -10,6 +10,14 @@
                branch, the registry's tags and its decision notes, so that any
                registered version can be restored elsewhere with `git clone` +
                `dvc pull`
+
+    from flows import trace
+    trace.switch_branch(repo, "pipeline-runs")
+    original = trace.apply_overrides(repo, {"train.epochs": 5})
+    commit_paths(repo, "Pipeline run x", trace.tracked_outputs(repo))   # tasks/registry/git.py
+
+Commits, the identity they are made with (git's own, or the registry's fallback) and every other git
+call go through tasks/registry/git.py, the one place the register stage and the registry use too.
 """
 
 from __future__ import annotations
@@ -22,17 +30,13 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from tasks import registry
 from tasks.errors import InputError
 from tasks.params import load_params
-from tasks.registry import NOTES_REF, author
+from tasks.registry import NOTES_REF
+from tasks.registry.dvc_files import LOCK
+from tasks.registry.git import commit_paths, git
 
 PARAMS = "params.yaml"
-
-
-def git(repo: Path, *args: str, check: bool = True) -> str:
-    """The registry's git runner, in `repo`."""
-    return registry.git(*args, cwd=repo, check=check)
 
 
 def dvc(repo: Path, *args: str) -> str:
@@ -42,20 +46,14 @@ def dvc(repo: Path, *args: str) -> str:
     return res.stdout.strip()
 
 
-def identity(repo: Path) -> list[str]:
-    """`git -c` options: git's own identity where one is configured, the pipeline's otherwise."""
-    name, email = author(repo)
-    return ["-c", f"user.name={name}", "-c", f"user.email={email}"]
-
-
 def switch_branch(repo: Path, branch: str) -> str:
     """Put the checkout on `branch` (made from HEAD the first time); returns the branch it was on."""
-    if git(repo, "check-ref-format", "--branch", branch, check=False) != branch:
+    if git("check-ref-format", "--branch", branch, cwd=repo, check=False) != branch:
         raise InputError(f"branch {branch!r} is not a valid git branch name")
-    was = git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+    was = git("rev-parse", "--abbrev-ref", "HEAD", cwd=repo)
     if was != branch:
-        exists = git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
-        git(repo, "switch", *([branch] if exists else ["-c", branch]))
+        exists = git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=repo, check=False)
+        git("switch", *([branch] if exists else ["-c", branch]), cwd=repo)
     return was
 
 
@@ -65,6 +63,7 @@ def apply_overrides(repo: Path, overrides: dict[str, Any]) -> str:
     original = path.read_text()
     yaml = YAML()
     yaml.width = 10_000  # never re-wrap a long line
+    yaml.preserve_quotes = True  # a quoted value stays quoted: only the overridden lines change
     yaml.indent(mapping=2, sequence=4, offset=2)  # block lists as params.yaml writes them
     yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = yaml.load(original)
@@ -98,34 +97,25 @@ def tracked_outputs(repo: Path) -> list[str]:
 
     with Repo(str(repo)) as r:
         outs = [str(o.fs_path) for s in r.index.stages for o in s.outs if not o.use_cache]
-    paths = ["dvc.lock", PARAMS, *(str(Path(o).relative_to(repo.resolve())) for o in outs)]
-    paths += git(repo, "ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore").splitlines()
+    paths = [LOCK, PARAMS, *(str(Path(o).relative_to(repo.resolve())) for o in outs)]
+    paths += git("ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore", cwd=repo).splitlines()
     return [p for p in paths if (repo / p).exists()]
-
-
-def commit(repo: Path, message: str, paths: list[str]) -> str | None:
-    """Commit only `paths` (anything else the user staged stays staged); None if nothing changed."""
-    git(repo, "add", "--", *paths)
-    if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths], cwd=repo).returncode == 0:
-        return None
-    git(repo, *identity(repo), "commit", "-q", "-m", message, "--", *paths)
-    return git(repo, "rev-parse", "HEAD")
 
 
 def restore_params(repo: Path, original: str, run_name: str) -> str | None:
     (repo / PARAMS).write_text(original)
-    return commit(repo, f"params.yaml back as it was before run {run_name}'s overrides", [PARAMS])
+    return commit_paths(repo, f"params.yaml back as it was before run {run_name}'s overrides", [PARAMS])
 
 
 def push(repo: Path, dvc_remote: str | None, git_remote: str | None, branch: str | None) -> list[str]:
     """dvc push (data, checkpoints, model), then git push of the branch and tags if asked."""
     done = [dvc(repo, "push", *(["-r", dvc_remote] if dvc_remote else [])).splitlines()[-1]]
     if git_remote:
-        ref = branch or git(repo, "rev-parse", "--abbrev-ref", "HEAD")
-        git(repo, "push", "-q", git_remote, ref)
-        git(repo, "push", "-q", git_remote, "--tags")
-        notes = git(repo, "rev-parse", "--verify", "--quiet", f"refs/notes/{NOTES_REF}", check=False)
-        if notes:  # the registry's decisions (tasks/registry.py), which a plain push leaves behind
-            git(repo, "push", "-q", git_remote, f"refs/notes/{NOTES_REF}")
+        ref = branch or git("rev-parse", "--abbrev-ref", "HEAD", cwd=repo)
+        git("push", "-q", git_remote, ref, cwd=repo)
+        git("push", "-q", git_remote, "--tags", cwd=repo)
+        notes = git("rev-parse", "--verify", "--quiet", f"refs/notes/{NOTES_REF}", cwd=repo, check=False)
+        if notes:  # the registry's decisions (tasks/registry/), which a plain push leaves behind
+            git("push", "-q", git_remote, f"refs/notes/{NOTES_REF}", cwd=repo)
         done.append(f"git: pushed {ref}, tags{' and registry notes' if notes else ''} to {git_remote}")
     return done

@@ -4,7 +4,8 @@
 
 Writes accuracy, precision, recall and F1 (macro and per class) as DVC
 metrics; the actual/predicted pairs as a DVC confusion plot; and PNG figures
-(confusion matrix, training curves) for people and the Prefect UI.
+(confusion matrix, training curves) for people and the Prefect UI. The model
+is rebuilt from its safetensors file alone (tasks/weights.py).
 """
 
 from __future__ import annotations
@@ -17,43 +18,20 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from safetensors import SafetensorError  # noqa: E402
-from safetensors.torch import load_file, safe_open  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, precision_recall_fscore_support  # noqa: E402
 
-from tasks.errors import InputError, run_main  # noqa: E402
+from tasks.errors import run_main  # noqa: E402
+from tasks.files import split_path  # noqa: E402
 from tasks.params import Evaluate, load_params  # noqa: E402
 from tasks.tables import LABEL, feature_names, read_json, read_model_table, write_json  # noqa: E402
+from tasks.weights import rebuild_model  # noqa: E402
 
 CURVES_PNG, CONFUSION_PNG = "training_curves.png", "confusion_matrix.png"  # in paths.figures
 
 
-def load_model(path: Path) -> torch.nn.Module:
-    """Rebuild a model from a safetensors file alone (its metadata holds the config)."""
-    import json
-
-    from models import build
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except FileNotFoundError:
-        raise InputError(f"{path}: model file not found") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise InputError(f"{path}: not a safetensors model file ({e})") from None
-    if "model" not in meta or "config" not in meta:
-        raise InputError(f"{path}: safetensors metadata lacks 'model'/'config'; not written by train")
-    model = build(meta["model"], json.loads(meta["config"]))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise InputError(f"{path}: weights do not fit model {meta['model']!r} ({e})") from None
-    return model.eval()
-
-
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_classes(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """The class index the model scores highest for each row of `x`, `batch_size` rows at a time."""
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     return torch.cat([model(b).argmax(1) for b in t.split(batch_size)]).numpy()
 
@@ -104,7 +82,7 @@ def evaluate_regression(model, x: np.ndarray, y: np.ndarray, t: dict, params: Ev
 
 def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path: Path,
              history_path: Path, metrics_path: Path, confusion_path: Path, figures: Path) -> dict:
-    model = load_model(model_path)
+    model = rebuild_model(model_path)
     table = read_model_table(test_path)
     t = read_json(transform_path, "clean transform")
     x = np.column_stack([table[c].to_numpy() for c in feature_names(table.schema)])
@@ -115,7 +93,7 @@ def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path
         plot_curves(read_json(history_path, "training history"), figures / CURVES_PNG)
         return metrics
     classes = [str(c) for c in t["classes"]]
-    pred = predict(model, x, params.batch_size)
+    pred = predict_classes(model, x, params.batch_size)
 
     labels = list(range(len(classes)))
     p, r, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
@@ -142,7 +120,7 @@ def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path
 def main() -> None:
     def body():
         p = load_params()
-        m = evaluate(p.evaluate, p.paths.model, p.paths.splits / "test.parquet", p.paths.transform,
+        m = evaluate(p.evaluate, p.paths.model, split_path(p.paths.splits, "test"), p.paths.transform,
                      p.paths.train_history, p.paths.metrics, p.paths.confusion, p.paths.figures)
         shown = ["accuracy", "f1_macro"] if "accuracy" in m else ["mae", "rmse", "r2"]
         print(f"evaluate: test {', '.join(f'{k} {m[k]:.4f}' for k in shown)} on {m['test_rows']} rows "

@@ -9,8 +9,9 @@
 The weights, the fitted transform and (for text) the tokenizer are read at the version's commit
 through DVC (the local cache, or the remote when they are not pulled), so a version always comes
 with the preprocessing it was trained with. Each file's SHA-256 must match the one its lineage
-recorded at registration; the weights must be safetensors. A pickle (torch.save) is refused
-without being unpickled, and so is a file whose bytes changed.
+recorded at registration; the weights must be safetensors and are rebuilt by tasks/weights.py
+(the loader evaluate uses too). A pickle (torch.save) is refused without being unpickled, and so is
+a file whose bytes changed.
 """
 
 from __future__ import annotations
@@ -26,59 +27,7 @@ import pyarrow as pa
 
 from tasks.errors import InputError
 from tasks.registry import Version, read_lineage, resolve
-
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format: a zip archive holding a pickle
-PICKLE_PROTOCOL = 0x80  # a raw pickle of protocol 2 or later starts with this opcode
-
-
-def _is_pickle(data: bytes) -> bool:
-    return data[:4] == ZIP_MAGIC or (len(data) > 1 and data[0] == PICKLE_PROTOCOL and 2 <= data[1] <= 5)
-
-
-def parse_weights(data: bytes, where: str, sha256: str | None = None) -> tuple[dict, dict]:
-    """(state dict, metadata) of safetensors bytes; the hash first, and never an unpickling."""
-    got = hashlib.sha256(data).hexdigest()
-    if sha256 is not None and got != sha256:
-        kind = " (and it is now a pickle)" if _is_pickle(data) else ""
-        raise InputError(f"{where}: sha256 {got[:16]}... differs from the {sha256[:16]}... recorded at "
-                         f"registration{kind}: the file was changed, so it is not loaded")
-    if _is_pickle(data):
-        raise InputError(f"{where}: is a pickle (torch.save) file, not safetensors; pickled model files are "
-                         f"refused, never unpickled; save weights with safetensors.torch.save_file")
-    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
-    if not (0 < n <= len(data) - 8 and data[8:9] == b"{"):
-        raise InputError(f"{where}: not a safetensors file (no safetensors header in its first bytes)")
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    try:
-        state = load(data)
-        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
-    except (SafetensorError, ValueError) as e:
-        raise InputError(f"{where}: not a readable safetensors file ({e})") from None
-    return state, meta
-
-
-def load_weights(path: Path | str, sha256: str | None = None):
-    """A module from a local safetensors file written by train (model name and config in its metadata)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the weights ({e.strerror or e})") from None
-    return build_module(*parse_weights(data, str(path), sha256), str(path))
-
-
-def build_module(state: dict, meta: dict, where: str):
-    from models import build
-
-    if "model" not in meta or "config" not in meta:
-        raise InputError(f"{where}: safetensors metadata lacks 'model'/'config'; not written by train")
-    try:
-        module = build(meta["model"], json.loads(meta["config"]))
-        module.load_state_dict(state, strict=True)
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise InputError(f"{where}: weights do not fit model {meta['model']!r} ({e})") from None
-    return module.eval()
+from tasks.weights import model_from_bytes
 
 
 @dataclass(frozen=True)
@@ -98,9 +47,9 @@ class Preprocessing:
                                                                          else [])
 
     def features(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
-        from tasks import transform as tf
+        from tasks import transform
 
-        arrays, text = tf.apply(batch, self.transform)
+        arrays, text = transform.apply(batch, self.transform)
         x = (np.column_stack([a.to_numpy(zero_copy_only=False) for a in arrays]).astype(np.float32) if arrays
              else np.empty((batch.num_rows, 0), np.float32))
         if self.tokenizer is not None:
@@ -174,10 +123,10 @@ def load_model(spec: str, repo: str | Path = ".") -> Loaded:
     read = _reader(repo, v)
     model = _recorded(v, rec.get("model"), "weights")
     where = f"{v}: {model['path']}"
-    module = build_module(*parse_weights(read(model["path"], "weights"), where, model["sha256"]), where)
+    module = model_from_bytes(read(model["path"], "weights"), where, model["sha256"])
     pre = rec.get("preprocessing") or {}
-    tf_rec = _recorded(v, pre.get("transform"), "transform")
-    transform = json.loads(_checked(read(tf_rec["path"], "transform"), tf_rec, v, "transform"))
+    fitted = _recorded(v, pre.get("transform"), "transform")
+    transform = json.loads(_checked(read(fitted["path"], "transform"), fitted, v, "transform"))
     tokenizer = None
     if pre.get("tokenizer"):
         from tokenizers import Tokenizer

@@ -5,13 +5,14 @@
     python -m tasks.predict digits@prod new.csv -o out.parquet --repo ../other-clone --batch-rows 4096
 
     from tasks.loading import load_model
-    from tasks.predict import predict
-    predict(load_model("digits@prod"), [Path("new.csv")], Path("out.parquet"))
+    from tasks.predict import predict_files
+    predict_files(load_model("digits@prod"), [Path("new.csv")], Path("out.parquet"))
 
 Input is read the way ingest read the version's own source (its ingest params are in its lineage):
 a CSV (header, delimiter and encoding as then; without a header, the columns in the source's order,
 with or without the label last), Parquet or JSON lines with the source's columns; for a model trained
-on an image folder, image files or folders of them (grayscale, the training image shape). Rows
+on an image folder, image files or folders of them, decoded as ingest decoded the training images
+(tasks.sources.decode_image: 8-bit grayscale, the training image shape, no conversion or resizing). Rows
 stream through in batches of --batch-rows: the version's fitted transform (and tokenizer), the model,
 one Parquet row group per batch. The output has a row per input row: `source` (the file), `row` (its
 index there), `prediction` (the class name, or a regression's value in the target's units) and, for
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 
 from tasks.errors import InputError, run_main
 from tasks.loading import Loaded, Preprocessing, load_model
-from tasks.sources import IMAGE_SUFFIXES, MAX_LISTED, _first_line, _table_format
+from tasks.sources import IMAGE_SUFFIXES, _first_line, _table_format, decode_images
 from tasks.tables import table_writer
 
 DEFAULT_BATCH_ROWS = 8192
@@ -103,25 +104,11 @@ def table_batches(path: Path, prep: Preprocessing, batch_rows: int) -> Iterator[
 
 
 def image_batches(files: list[Path], prep: Preprocessing, batch_rows: int) -> Iterator[tuple[list, pa.RecordBatch]]:
-    """Pixels x0..x{h*w-1} (uint8, row-major), as ingest read the training images; every file checked."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Pixels x0..x{h*w-1} (uint8, row-major), decoded as ingest decoded the training images; every file checked."""
     h, w = prep.ingest["image_shape"]
     for start in range(0, len(files), batch_rows):
         chunk = files[start:start + batch_rows]
-        pixels, bad = np.empty((len(chunk), h * w), np.uint8), []
-        for i, path in enumerate(chunk):
-            try:
-                with Image.open(path) as im:
-                    im.load()
-                    if im.mode != "L" or im.size != (w, h):
-                        bad.append(f"{path}: {im.size[1]}x{im.size[0]} {im.mode}, expected {h}x{w} L (8-bit grayscale)")
-                        continue
-                    pixels[i] = np.asarray(im, dtype=np.uint8).reshape(-1)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                bad.append(f"{path}: not a readable image ({type(e).__name__}: {e})")
-        if bad:
-            raise InputError(f"{len(bad)} bad image file(s):\n  - " + "\n  - ".join(bad[:MAX_LISTED]))
+        pixels = decode_images(chunk, (h, w))
         yield [str(p) for p in chunk], pa.RecordBatch.from_arrays(  # named as ingest names image pixels
             [pa.array(pixels[:, j]) for j in range(h * w)], names=[f"x{j}" for j in range(h * w)])
 
@@ -158,7 +145,7 @@ def batches(inputs: list[Path], prep: Preprocessing, batch_rows: int
                 start += batch.num_rows
 
 
-def predict(model: Loaded, inputs: list[Path], out: Path, batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
+def predict_files(model: Loaded, inputs: list[Path], out: Path, batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
     """Predictions of `model` for every row of `inputs`, written to the Parquet file `out`."""
     from tqdm import tqdm
 
@@ -197,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     def body():
-        s = predict(load_model(args.spec, args.repo), args.inputs, args.output, args.batch_rows)
+        s = predict_files(load_model(args.spec, args.repo), args.inputs, args.output, args.batch_rows)
         print(f"predict: {args.spec} ({s['version']}): {s['rows']} rows -> {s['output']}")
 
     run_main(body)

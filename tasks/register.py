@@ -1,7 +1,7 @@
 """register: a new model version, DVC's way, with its lineage and model card; policy-gated promotion.
 
     python -m tasks.register          # what `dvc repro register` runs
-    python -m tasks.registry list     # the registry: versions and stages (see tasks/registry.py)
+    python -m tasks.registry list     # the registry: versions and stages (see tasks/registry/)
 
 The model is the artifact declared in dvc.yaml's `artifacts:` section. This
 stage writes the version's lineage (data hashes from dvc.lock, the data
@@ -12,7 +12,7 @@ model card, commits the pipeline's state (dvc.lock, params, metrics, lineage,
 card) so the version points at a commit whose dvc.lock holds this model and
 its preprocessing, and tags it with GTO. The `register.stage` (production)
 moves to the new version only when the promotion policy in params.yaml
-allows (tasks.registry.decide); the decision and its reason are in the
+allows (tasks.registry.policy.decide); the decision and its reason are in the
 lineage and in the version's git note. Version allocation, commit and tags
 run under the registry lock, so concurrent registrations get distinct versions.
 """
@@ -24,39 +24,28 @@ import os
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from tasks.errors import InputError, run_main
-from tasks.loading import parse_weights
+from tasks.files import RUN_FILE, TOKENIZER_FILE, split_path
 from tasks.model_card import render
 from tasks.params import Params, Register, load_params
-from tasks.registry import (
-    author,
-    data_hashes,
-    decide,
-    git,
-    move_stage,
-    read_lineage,
-    record_decision,
-    registry_lock,
-    stage_holder,
-)
+from tasks.registry import decide, move_stage, read_lineage, record_decision, stage_holder
+from tasks.registry.dvc_files import DVC_YAML, LOCK, artifacts, data_hashes, read_lock
+from tasks.registry.git import author, commit_paths, git, registry_lock
 from tasks.sources import IMAGE_SUFFIXES, is_remote, resolve_local
 from tasks.tables import atomic_path, read_json, sha256_file, write_json
+from tasks.weights import parse_weights
 
 CODE = ("tasks", "models", "configs", "flows")  # uncommitted changes here make a run irreproducible
-TOKENIZER_FILE = "tokenizer.json"  # augment writes it into paths.splits for text data
 
 
 def check_inputs(params: Register, model_path: Path, metrics: dict) -> dict:
     """The artifact is declared, the model is a safetensors file (never a pickle), the metric exists."""
-    problems = []
-    artifacts = (yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("artifacts", {})
-    if params.name not in artifacts:
+    problems, declared = [], artifacts()
+    if params.name not in declared:
         problems.append(f"register.name {params.name!r} is not declared in dvc.yaml artifacts "
-                        f"(declared: {', '.join(artifacts) or 'none'})")
-    elif Path(artifacts[params.name]["path"]) != model_path:
-        problems.append(f"dvc.yaml artifact {params.name!r} points at {artifacts[params.name]['path']}, "
+                        f"(declared: {', '.join(declared) or 'none'})")
+    elif Path(declared[params.name]["path"]) != model_path:
+        problems.append(f"dvc.yaml artifact {params.name!r} points at {declared[params.name]['path']}, "
                         f"not at the trained model {model_path}")
     meta = {}
     try:
@@ -122,7 +111,7 @@ def reproducibility(p: Params, metrics: dict, dirty: list[str]) -> dict:
         return {"ok": False, "reason": f"uncommitted changes in {', '.join(dirty[:5])}"}
     metric = p.register.metric
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
-        again = evaluate(p.evaluate, p.paths.model, p.paths.splits / "test.parquet", p.paths.transform,
+        again = evaluate(p.evaluate, p.paths.model, split_path(p.paths.splits, "test"), p.paths.transform,
                          p.paths.train_history, Path(tmp, "m.json"), Path(tmp, "c.json"), Path(tmp, "figures"))
     ok = abs(float(again[metric]) - float(metrics[metric])) <= 1e-9
     return {"ok": ok, "rerun": {metric: again[metric]},
@@ -150,34 +139,27 @@ def preprocessing_record(p: Params) -> dict:
 
 
 def commit_state(p: Params, message: str) -> str:
-    """Commit what the version must point at: dvc.yaml/lock, params, small outputs."""
-    import subprocess
-
-    paths = ["dvc.yaml", "dvc.lock", "params.yaml", p.paths.metrics, p.paths.lineage, p.paths.model_card,
+    """Commit what the version must point at: dvc.yaml/lock, params, small outputs (only these paths:
+    whatever else the user has staged stays staged, uncommitted)."""
+    paths = [DVC_YAML, LOCK, "params.yaml", p.paths.metrics, p.paths.lineage, p.paths.model_card,
              p.paths.train_history, p.paths.confusion, p.paths.figures, p.paths.clean_report]
     # the .gitignore files DVC wrote for its outputs (never ones git itself ignores)
     paths += git("ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore").splitlines()
     paths = [str(x) for x in paths if Path(x).exists()]
-    git("add", "--", *paths)
-    if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths]).returncode != 0:
-        # only these paths: whatever else the user has staged stays staged, uncommitted
-        name, email = author()
-        git("-c", f"user.name={name}", "-c", f"user.email={email}", "commit", "-q", "-m", message, "--", *paths)
-    return git("rev-parse", "HEAD")
+    return commit_paths(".", message, paths) or git("rev-parse", "HEAD")
 
 
 def record(p: Params, metrics: dict, meta: dict, flow_run_id: str | None) -> dict:
     """Everything the lineage says that does not depend on the registry's state."""
     manifest = read_json(p.paths.raw_manifest, "ingest manifest")
-    run = read_json(p.paths.checkpoints / meta.get("run", "") / "run.json", "training run record")
+    run = read_json(p.paths.checkpoints / meta.get("run", "") / RUN_FILE, "training run record")
     dirty = [line[3:] for line in git("status", "--porcelain", "--", *CODE).splitlines()]
-    lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
     rec = {
         "artifact": p.register.name,
         "model": {"path": str(p.paths.model), "sha256": sha256_file(p.paths.model)},
         "preprocessing": preprocessing_record(p),
         "input": {"kind": input_kind(p), "columns": raw_columns(p.paths.raw), "rows": manifest.get("rows")},
-        "data": data_hashes(lock), "data_version": manifest.get("version"),
+        "data": data_hashes(read_lock()), "data_version": manifest.get("version"),
         "contract": contract_status(p, manifest),
         "params": p.model_dump(mode="json", by_alias=True),
         "code_commit": git("rev-parse", "HEAD", check=False) or None, "code_dirty": dirty,

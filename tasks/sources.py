@@ -1,6 +1,7 @@
 """Reading a source into one Arrow table: files, folders, image folders, URLs.
 
     read_source(params)  ->  Source(table, sha256, files)
+    decode_image(path, (h, w))  ->  h*w uint8 pixels, exactly as ingest stores an image (predict too)
 
 A source is a local CSV / Parquet / JSON-lines file, a local folder of such
 files (read in sorted order, so appending a file appends rows), a folder of
@@ -155,10 +156,44 @@ def _read_file(path: Path, fmt: str, params: Ingest) -> pa.Table:
         raise TransientIOError(f"{path}: {e}") from e
 
 
-def _read_images(root: Path, params: Ingest) -> tuple[pa.Table, list[Path]]:
-    """One row per image: pixels x0..x{h*w-1} (uint8, row-major) and the class folder's name."""
+class BadImage(Exception):
+    """An image file that ingest, and so predict, does not take; the message says why, not which file."""
+
+
+def decode_image(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels of one image file as ingest stores them and predict feeds them: 8-bit grayscale (mode L)
+    of exactly `shape` (height, width), neither converted nor resized, as h*w uint8 values 0-255, row-major."""
     from PIL import Image, UnidentifiedImageError
 
+    h, w = shape
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode != "L" or im.size != (w, h):
+                raise BadImage(f"{im.size[1]}x{im.size[0]} {im.mode}, expected {h}x{w} L (8-bit grayscale)")
+            return np.asarray(im, dtype=np.uint8).reshape(-1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise BadImage(f"not a readable image ({type(e).__name__}: {e})") from None
+
+
+def decode_images(files: list[Path], shape: tuple[int, int], shown=str, where: str = "") -> np.ndarray:
+    """(len(files), h*w) uint8 pixels, one row per file (decode_image); every file is checked, and the bad
+    ones, named by `shown(path)`, are listed in one error that starts with `where`."""
+    h, w = shape
+    pixels, bad = np.empty((len(files), h * w), np.uint8), []
+    for i, path in enumerate(files):
+        try:
+            pixels[i] = decode_image(path, shape)
+        except BadImage as e:
+            bad.append(f"{shown(path)}: {e}")
+    if bad:
+        more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
+        raise InputError(f"{where}{len(bad)} bad image file(s){more}:\n  - " + "\n  - ".join(bad[:MAX_LISTED]))
+    return pixels
+
+
+def _read_images(root: Path, params: Ingest) -> tuple[pa.Table, list[Path]]:
+    """One row per image: pixels x0..x{h*w-1} (uint8, row-major) and the class folder's name."""
     if params.image_shape is None:
         raise InputError(f"{root}: an image folder needs ingest.image_shape [height, width]")
     h, w = params.image_shape
@@ -166,25 +201,9 @@ def _read_images(root: Path, params: Ingest) -> tuple[pa.Table, list[Path]]:
     if not files:
         raise InputError(f"{root}: no images found; expected one subfolder per class holding "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))} files")
-    pixels, labels, bad = np.empty((len(files), h * w), np.uint8), [], []
-    for i, path in enumerate(files):
-        try:
-            with Image.open(path) as im:
-                im.load()
-                if im.mode != "L" or im.size != (w, h):
-                    bad.append(f"{path.relative_to(root)}: {im.size[1]}x{im.size[0]} {im.mode}, "
-                               f"expected {h}x{w} L (8-bit grayscale)")
-                    continue
-                pixels[i] = np.asarray(im, dtype=np.uint8).reshape(-1)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            bad.append(f"{path.relative_to(root)}: not a readable image ({type(e).__name__}: {e})")
-            continue
-        labels.append(path.parent.name)
-    if bad:
-        more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
-        raise InputError(f"{root}: {len(bad)} bad image file(s){more}:\n  - " + "\n  - ".join(bad[:MAX_LISTED]))
+    pixels = decode_images(files, (h, w), shown=lambda p: p.relative_to(root), where=f"{root}: ")
     cols = {f"x{j}": pa.array(pixels[:, j]) for j in range(h * w)}
-    cols[params.label_column] = pa.array(labels, pa.string())
+    cols[params.label_column] = pa.array([p.parent.name for p in files], pa.string())
     return pa.table(cols), files
 
 

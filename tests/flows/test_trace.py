@@ -10,6 +10,7 @@ import yaml
 
 from flows import trace
 from tasks.errors import InputError
+from tasks.registry.git import commit_paths, git
 from tests.conftest import GIT_ENV, ROOT
 
 
@@ -53,10 +54,10 @@ def test_runs_commit_on_their_branch_only_what_they_name(repo):
     assert trace.switch_branch(repo, "pipeline-runs") == "main"
     (repo / "metrics.json").write_text("{}")
     (repo / "notes.txt").write_text("the user's own file")
-    sha = trace.commit(repo, "Pipeline run x", ["metrics.json"])
-    assert trace.git(repo, "rev-parse", "pipeline-runs") == sha
-    assert trace.git(repo, "show", "--name-only", "--format=", sha) == "metrics.json"
-    assert trace.commit(repo, "nothing new", ["metrics.json"]) is None
+    sha = commit_paths(repo, "Pipeline run x", ["metrics.json"])
+    assert git("rev-parse", "pipeline-runs", cwd=repo) == sha
+    assert git("show", "--name-only", "--format=", sha, cwd=repo) == "metrics.json"
+    assert commit_paths(repo, "nothing new", ["metrics.json"]) is None
     assert trace.switch_branch(repo, "pipeline-runs") == "pipeline-runs"  # already there: stays
     with pytest.raises(InputError, match="not a valid git branch name"):
         trace.switch_branch(repo, "bad..name")
@@ -70,7 +71,7 @@ def test_push_sends_the_branch_tags_and_registry_notes(repo, tmp_path_factory):
                 ["git", "tag", "digits@v0.0.1"], ["git", "notes", "--ref=registry", "add", "-m", "{}"]):
         subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
     trace.push(repo, None, "origin", "main")
-    refs = {line.split()[1] for line in trace.git(repo, "ls-remote", str(origin)).splitlines()}
+    refs = {line.split()[1] for line in git("ls-remote", str(origin), cwd=repo).splitlines()}
     assert {"refs/heads/main", "refs/tags/digits@v0.0.1", "refs/notes/registry"} <= refs
 
 

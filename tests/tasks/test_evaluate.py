@@ -10,9 +10,10 @@ from safetensors.torch import save_file
 from models import build
 from tasks.augment import augment
 from tasks.errors import InputError
-from tasks.evaluate import evaluate, load_model
+from tasks.evaluate import evaluate
 from tasks.params import Augment, Evaluate
 from tasks.tables import read_model_table
+from tasks.weights import rebuild_model
 
 MLP = {"n_features": 4, "n_outputs": 3, "hidden": [16], "dropout": 0.0}
 
@@ -56,18 +57,18 @@ def test_metrics_plots_and_figures(staged, tmp_path):
 def test_pickled_model_is_refused(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
-    with pytest.raises(InputError, match="not a safetensors model file"):
-        load_model(path)
+    with pytest.raises(InputError, match=r"model.safetensors: is a pickle \(torch.save\) file, not safetensors"):
+        evaluate(Evaluate(), path, *(tmp_path / n for n in ("t.parquet", "t.json", "h.json", "m.json", "c.json", "f")))
 
 
 def test_safetensors_without_our_metadata_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "m.safetensors"))
     with pytest.raises(InputError, match="lacks 'model'/'config'"):
-        load_model(tmp_path / "m.safetensors")
+        rebuild_model(tmp_path / "m.safetensors")
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):
     other = build("mlp", MLP | {"hidden": [8]})
     save_file(other.state_dict(), str(tmp_path / "m.safetensors"), metadata={"model": "mlp", "config": json.dumps(MLP)})
     with pytest.raises(InputError, match="weights do not fit model 'mlp'"):
-        load_model(tmp_path / "m.safetensors")
+        rebuild_model(tmp_path / "m.safetensors")

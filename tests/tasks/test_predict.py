@@ -14,9 +14,10 @@ from PIL import Image
 
 from models import build
 from tasks.errors import InputError
+from tasks.files import TOKENIZER_FILE, split_path
 from tasks.loading import Loaded, Preprocessing
 from tasks.params import Split
-from tasks.predict import main, predict
+from tasks.predict import image_batches, main, predict_files
 from tasks.registry import Version
 from tasks.tables import read_json
 from tests.tasks.conftest import paths, run_clean, run_ingest
@@ -63,10 +64,10 @@ def write_pngs(folder, pixels):
 def test_images_and_csv_rows_of_the_same_pixels_predict_alike_in_batches(tmp_path, pixels):
     m = model_for(tmp_path, pixels)
     csv = write_csv(tmp_path / "new.csv", pixels[0])  # no label column: raw features only
-    s = predict(m, [csv], tmp_path / "from_csv.parquet", batch_rows=7)
+    s = predict_files(m, [csv], tmp_path / "from_csv.parquet", batch_rows=7)
     assert s["rows"] == ROWS
     assert pq.ParquetFile(tmp_path / "from_csv.parquet").metadata.num_row_groups == math.ceil(ROWS / 7)
-    predict(m, [write_pngs(tmp_path / "pngs", pixels[0])], tmp_path / "from_png.parquet", batch_rows=16)
+    predict_files(m, [write_pngs(tmp_path / "pngs", pixels[0])], tmp_path / "from_png.parquet", batch_rows=16)
     a, b = pq.read_table(tmp_path / "from_csv.parquet"), pq.read_table(tmp_path / "from_png.parquet")
     assert a["row"].to_pylist() == list(range(ROWS)) and b["row"].to_pylist() == list(range(ROWS))
     assert a["prediction"].to_pylist() == b["prediction"].to_pylist()
@@ -82,12 +83,12 @@ def test_images_and_csv_rows_of_the_same_pixels_predict_alike_in_batches(tmp_pat
 
 def test_a_headerless_csv_reads_like_the_source_with_or_without_labels(tmp_path, pixels):
     m = model_for(tmp_path, pixels, header=False)
-    predict(m, [write_csv(tmp_path / "a.csv", *pixels, header=False)], tmp_path / "a.parquet")
-    predict(m, [write_csv(tmp_path / "b.csv", pixels[0], header=False)], tmp_path / "b.parquet")
+    predict_files(m, [write_csv(tmp_path / "a.csv", *pixels, header=False)], tmp_path / "a.parquet")
+    predict_files(m, [write_csv(tmp_path / "b.csv", pixels[0], header=False)], tmp_path / "b.parquet")
     assert pq.read_table(tmp_path / "a.parquet")["prediction"] == pq.read_table(tmp_path / "b.parquet")["prediction"]
     (tmp_path / "c.csv").write_text("1,2,3\n")
     with pytest.raises(InputError, match=r"c.csv: 3 columns in the first line; .* give 4 or 5"):
-        predict(m, [tmp_path / "c.csv"], tmp_path / "c.parquet")
+        predict_files(m, [tmp_path / "c.csv"], tmp_path / "c.parquet")
 
 
 def test_bad_inputs_are_named_and_write_nothing(tmp_path, pixels):
@@ -95,24 +96,44 @@ def test_bad_inputs_are_named_and_write_nothing(tmp_path, pixels):
     out = tmp_path / "out.parquet"
     (tmp_path / "nox2.csv").write_text("x0,x1,x3\n1,2,3\n")
     with pytest.raises(InputError, match=r"nox2.csv: missing column\(s\) \['x2'\]"):
-        predict(m, [tmp_path / "nox2.csv"], out)
+        predict_files(m, [tmp_path / "nox2.csv"], out)
     (tmp_path / "words.csv").write_text("x0,x1,x2,x3\n1,2,3,4\n1,two,3,4\n")
     with pytest.raises(InputError, match="words.csv: cannot be read as the model's source was"):
-        predict(m, [tmp_path / "words.csv"], out)
+        predict_files(m, [tmp_path / "words.csv"], out)
     (tmp_path / "imgs").mkdir()
     Image.fromarray(np.zeros((3, 3), np.uint8), mode="L").save(tmp_path / "imgs" / "big.png")
     Image.fromarray(np.zeros((2, 2, 3), np.uint8), mode="RGB").save(tmp_path / "imgs" / "rgb.png")
     with pytest.raises(InputError, match=r"2 bad image file\(s\):\n  - .*big.png: 3x3 L, expected 2x2 L"):
-        predict(m, [tmp_path / "imgs"], out)
+        predict_files(m, [tmp_path / "imgs"], out)
     with pytest.raises(InputError, match="missing.csv: input not found"):
-        predict(m, [tmp_path / "missing.csv"], out)
+        predict_files(m, [tmp_path / "missing.csv"], out)
     with pytest.raises(InputError, match="name it \\*.parquet"):
-        predict(m, [tmp_path / "nox2.csv"], tmp_path / "out.csv")
+        predict_files(m, [tmp_path / "nox2.csv"], tmp_path / "out.csv")
     assert not out.exists()
     (tmp_path / "t").mkdir()
     table_model = model_for(tmp_path / "t", pixels, kind="table")
     with pytest.raises(InputError, match="images given, but the model was trained on a table source"):
-        predict(table_model, [tmp_path / "imgs" / "big.png"], out)
+        predict_files(table_model, [tmp_path / "imgs" / "big.png"], out)
+
+
+def test_an_image_file_gives_the_same_pixels_to_predict_as_to_ingest(tmp_path):
+    """One decoder for both: the bytes ingest stored for a file are the bytes predict feeds the model."""
+    rng = np.random.default_rng(1)
+    files = []
+    for cls in ("a", "b"):
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        for i in range(3):
+            files.append(tmp_path / "src" / cls / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (3, 2), dtype=np.uint8), mode="L").save(files[-1])
+    run_ingest(tmp_path / "src", tmp_path / "out", image_shape=(3, 2))
+    raw = pq.read_table(paths(tmp_path / "out")["raw"])
+    ingested = np.column_stack([raw[f"x{j}"].to_numpy() for j in range(6)])
+    prep = Preprocessing(transform={}, ingest={"image_shape": [3, 2]}, text={}, columns={}, kind="images")
+    (names, batch), = image_batches(sorted(files), prep, batch_rows=100)
+    predicted = np.column_stack([batch[f"x{j}"].to_numpy() for j in range(6)])
+    assert names == [str(f) for f in sorted(files)]
+    assert ingested.dtype == predicted.dtype == np.uint8
+    assert ingested.tobytes() == predicted.tobytes()
 
 
 def test_the_command_names_a_bad_model_spec(tmp_path, capsys):
@@ -126,7 +147,7 @@ def test_the_command_names_a_bad_model_spec(tmp_path, capsys):
 def test_raw_text_gets_the_features_augment_gave_the_test_split(tmp_path, representation):
     from tokenizers import Tokenizer
 
-    from tasks.augment import TOKENIZER_FILE, augment
+    from tasks.augment import augment
     from tasks.params import Augment, TextAug
     from tasks.tables import read_model_table, read_table
 
@@ -141,7 +162,7 @@ def test_raw_text_gets_the_features_augment_gave_the_test_split(tmp_path, repres
     prep = Preprocessing(transform=read_json(p["transform"], "transform"), ingest={"header": True},
                          text=text.model_dump(), columns=manifest["schema"],
                          tokenizer=Tokenizer.from_file(str(p["splits"] / TOKENIZER_FILE)))
-    test = read_model_table(p["splits"] / "test.parquet")
+    test = read_model_table(split_path(p["splits"], "test"))
     raw = read_table(p["raw"]).filter(read_table(p["clean"])["split"].to_numpy(zero_copy_only=False) == "test")
     expected = np.column_stack([test[c].to_numpy() for c in test.column_names if c not in ("label", "split")])
     assert np.array_equal(prep.features(raw), expected)

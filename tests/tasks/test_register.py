@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from tasks.errors import InputError
+from tasks.files import RUN_FILE
 from tasks.params import load_params
 from tasks.register import register
 from tasks.tables import write_json, write_table
@@ -28,7 +29,7 @@ def repo(tmp_path, monkeypatch):
     subprocess.run(["git", "add", "-A"], check=True)
     subprocess.run(["git", "commit", "-qm", "initial"], check=True)
     p = load_params()
-    write_json(p.paths.checkpoints / "fp1" / "run.json", {"deepspeed": {"zero_optimization": {"stage": 1}},
+    write_json(p.paths.checkpoints / "fp1" / RUN_FILE, {"deepspeed": {"zero_optimization": {"stage": 1}},
                                                           "world_size": 2})
     # what ingest, clean and train would leave: a data version that passed its contract, a transform, a history
     write_table(pa.table({"a": [1, 2, 3], "label": [0, 1, 0]}), p.paths.raw)

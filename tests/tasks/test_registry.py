@@ -14,6 +14,7 @@ import yaml
 
 from tasks import registry
 from tasks.errors import InputError
+from tasks.params import Register
 from tasks.register import register
 from tasks.tables import write_json
 from tests.conftest import ROOT
@@ -36,6 +37,22 @@ def dvc_stage_rev(stage="prod"):
 def test_bad_specs_are_named(spec):
     with pytest.raises(InputError, match="expected NAME@VERSION"):
         registry.parse_spec(spec)
+
+
+@pytest.mark.parametrize("metric, declared, better", [
+    ("rmse", None, 0.5),         # the name says error: lower is better
+    ("r2", None, 0.9),           # any other metric: higher is better
+    ("rmse", False, 0.5),        # declared as the name says
+    ("score", False, 0.5),       # a metric of the user's own, declared lower-is-better
+])
+def test_the_policy_reads_which_way_the_metric_points(metric, declared, better):
+    policy = Register(metric=metric).model_copy(update={"higher_is_better": declared})  # None: from the name
+    held = ("v0.0.1", {"metrics": {metric: 0.7}})
+    worse = 0.9 if better == 0.5 else 0.5
+    for value, promoted in ((better, True), (worse, False), (0.7, False)):
+        decision = registry.decide(policy, "prod", {"contract": {"ok": True}, "metrics": {metric: value}}, held)
+        assert decision["promote"] is promoted, (value, decision)
+        assert ("does not beat" not in decision["reason"]) is promoted
 
 
 def test_unknown_version_stage_and_artifact_are_named(repo):  # noqa: F811

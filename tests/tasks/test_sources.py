@@ -14,8 +14,8 @@ import pytest
 
 from tasks.errors import InputError, TransientIOError
 from tasks.ingest import ingest
-from tasks.params import Contract, Ingest
-from tests.tasks.conftest import paths, run_ingest, tiny_csv
+from tasks.params import Ingest
+from tests.tasks.conftest import paths, run_ingest, tiny_contract, tiny_csv
 
 CSV = b"a,b,label\n1,2,x\n3,4,y\n5,6,x\n7,8,y\n"
 CSV_ROWS = 4
@@ -162,7 +162,7 @@ def serve():
 def test_http_source_is_retried_through_503s_and_snapshotted_once(tmp_path, serve):
     srv, base = serve(lambda n, path: (503, b"busy", None) if n <= 2 else (200, CSV, None))
     logs, p = [], paths(tmp_path)
-    m = ingest(Ingest(source=f"{base}/data.csv", retries=3, timeout_s=5), Contract(), p["raw"], p["manifest"],
+    m = ingest(Ingest(source=f"{base}/data.csv", retries=3, timeout_s=5), tiny_contract(), p["raw"], p["manifest"],
                p["contract"], log=logs.append)
     assert srv.gets == ["/data.csv"] * 3  # two 503s, then the body
     assert len(logs) == 2 and all("retrying" in line for line in logs)

@@ -1,0 +1,117 @@
+"""The promotion policy, and the moves it gates: promote, rollback, and the decisions they leave.
+
+    from tasks.registry.policy import decide, promote, rollback, decisions
+    decide(params.register, "prod", candidate_lineage, ("v0.0.2", its_lineage))   # {"promote": bool, "reason"}
+    promote("digits@v0.0.3", repo=repo)      # checked against register's policy in params.yaml
+    rollback("digits", "prod", repo=repo)    # the version that held prod before the current one
+
+The policy is `register:` in params.yaml: `metric` (which way it points: tasks.metrics, or
+`higher_is_better` when set), `min_improvement` over the holder of the stage, `require_contract` and
+`require_reproducible`. Every decision, refusals included, is appended as a JSON line to the version
+commit's git note (`git notes --ref=registry show <commit>`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+from tasks.errors import InputError
+from tasks.metrics import improvement
+from tasks.params import Register, load_params
+from tasks.registry.git import append_note, author, read_note, registry_lock
+from tasks.registry.versions import NAME, ROLLBACK, STAGE, move_stage, read_lineage, resolve, stage_holder, stage_stack
+
+NOTES_REF = "registry"  # refs/notes/registry: the decisions about each version
+
+
+def decisions(commit: str, repo: str | Path = ".") -> list[dict]:
+    text = read_note(commit, NOTES_REF, repo)
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+    except json.JSONDecodeError as e:
+        raise InputError(f"the registry note of {commit[:8]} (git notes --ref={NOTES_REF}) has a line that is "
+                         f"not JSON ({e}); fix it with `git notes --ref={NOTES_REF} edit {commit[:8]}`") from None
+
+
+def record_decision(commit: str, decision: dict, repo: str | Path = ".") -> None:
+    """Append a decision to the version commit's note (under the registry lock)."""
+    entry = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "by": author(repo)[0], **decision}
+    append_note(commit, json.dumps(entry, sort_keys=True), NOTES_REF, repo)
+
+
+def _refusals(policy: Register, candidate: dict) -> list[str]:
+    """What keeps `candidate` (a lineage record) from any stage, whatever holds it."""
+    refusals = []
+    contract = candidate.get("contract") or {}
+    if policy.require_contract and not contract.get("ok"):
+        refusals.append(f"data version {contract.get('data_version')} has not passed the data contract "
+                        f"({contract.get('reason', 'no contract record')})")
+    repro = candidate.get("reproducible") or {}
+    if policy.require_reproducible and not repro.get("ok"):
+        refusals.append(f"not shown reproducible ({repro.get('reason', 'not checked at registration')})")
+    if not isinstance((candidate.get("metrics") or {}).get(policy.metric), (int, float)):
+        refusals.append(f"register.metric {policy.metric!r} is not among its metrics")
+    return refusals
+
+
+def decide(policy: Register, stage: str, candidate: dict, current: tuple[str, dict] | None) -> dict:
+    """The promotion policy: may `candidate` (a lineage record) take `stage` from `current`?"""
+    metric, refusals = policy.metric, _refusals(policy, candidate)
+    if refusals:
+        return {"promote": False, "stage": stage, "reason": "; ".join(refusals)}
+    if current is None:
+        return {"promote": True, "stage": stage, "reason": f"no version is in stage {stage!r} yet"}
+    version, record = current
+    value, old = candidate["metrics"][metric], (record.get("metrics") or {}).get(metric)
+    if not isinstance(old, (int, float)):
+        return {"promote": False, "stage": stage, "current": version,
+                "reason": f"{metric} of {version} in {stage} cannot be read from its lineage"}
+    gain = improvement(value, old, metric, policy.higher_is_better)
+    verdict = gain > 0 and gain >= policy.min_improvement
+    word = "beats" if verdict else "does not beat"
+    return {"promote": bool(verdict), "stage": stage, "current": version, "current_value": old,
+            "reason": f"{metric} {value:.4f} {word} {version}'s {old:.4f} by the required {policy.min_improvement}"}
+
+
+def promote(spec: str, stage: str | None = None, repo: str | Path = ".") -> dict:
+    """Move a stage to a registered version if register's policy (params.yaml) allows; record either way."""
+    policy = load_params(Path(repo) / "params.yaml").register
+    stage = stage or policy.stage
+    if not STAGE.match(stage):
+        raise InputError(f"stage {stage!r}: expected lower case letters, digits and dashes")
+    with registry_lock(repo):
+        v = resolve(spec, repo)
+        held = stage_holder(v.name, stage, repo)
+        if held and held.version == v.version:
+            raise InputError(f"{v} is already in stage {stage!r}")
+        current = (held.version, read_lineage(held, repo)) if held else None
+        decision = decide(policy, stage, read_lineage(v, repo), current)
+        record_decision(v.commit, {"action": "promote", "version": v.version, **decision}, repo)
+        if decision["promote"]:
+            move_stage(v.name, stage, v.version, f"{stage}: {decision['reason']}", repo)
+    return {"artifact": v.name, "version": v.version, **decision}
+
+
+def rollback(name: str, stage: str = "prod", repo: str | Path = ".") -> dict:
+    """Put back the version that held `stage` before the current one."""
+    if not re.fullmatch(NAME, name or "") or not STAGE.match(stage):
+        raise InputError(f"rollback {name!r} {stage!r}: expected an artifact name and a stage (e.g. digits prod)")
+    with registry_lock(repo):
+        current = stage_holder(name, stage, repo)
+        if current is None:
+            raise InputError(f"{name}: no version is in stage {stage!r}, so there is nothing to roll back")
+        earlier = [v for v in stage_stack(name, stage, repo) if v != current.version]
+        if not earlier:
+            raise InputError(f"{name}: {current.version} is the first version to hold stage {stage!r}; "
+                             f"there is no earlier one to roll back to")
+        back = resolve(f"{name}@{earlier[-1]}", repo)
+        reason = f"{ROLLBACK}: {stage} back to {back.version} from {current.version}"
+        move_stage(name, stage, back.version, reason, repo)
+        for v, action in ((back, "rollback-to"), (current, "rolled-back")):
+            record_decision(v.commit, {"action": action, "version": v.version, "stage": stage, "promote": v is back,
+                                       "reason": reason}, repo)
+    return {"artifact": name, "stage": stage, "version": back.version, "previous": current.version,
+            "reason": reason}
