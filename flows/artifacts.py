@@ -6,7 +6,7 @@
     evaluation-metrics table: test precision, recall, F1 per class and macro
     registered-model   markdown: the version, the promotion decision, training curves and the
                        confusion matrix as images
-    model-card         markdown: the version's model card (tasks/model_card.py)
+    model-card         markdown: the version's model card (tasks/registry/model_card.py)
     run-plan           markdown: which stages the run was to execute, and why (flows/plan.py)
 
 Every function reads files the stages wrote (paths from the run's params); a

@@ -37,10 +37,10 @@ from prefect.runtime import flow_run
 
 from flows import artifacts, plan, trace
 from flows.stages import stage_task
+from tasks.data.sources import is_remote
 from tasks.params import Params
 from tasks.registry.dvc_files import read_lock, stage_outs
 from tasks.registry.git import commit_paths
-from tasks.sources import is_remote
 
 STAGES = ("ingest", "clean", "augment", "train", "evaluate", "register")
 ingest, clean, augment, train, evaluate, register = (stage_task(s) for s in STAGES)

@@ -91,9 +91,9 @@ def plan(repo_path: str | Path = ".", driver: str = "dvc") -> list[dict]:
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
+    from tasks.data.sources import is_remote
     from tasks.errors import InputError
     from tasks.params import load_params
-    from tasks.sources import is_remote
 
     if not Path(repo_path, "dvc.yaml").is_file():
         raise InputError(f"{repo_path}: no dvc.yaml here; give the pipeline's checkout")

@@ -27,11 +27,8 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
-from tasks.contract import check_model_table
-from tasks.errors import InputError, run_main
-from tasks.files import TOKENIZER_FILE, split_path
-from tasks.params import Augment, ImageAug, TableAug, TextAug, load_params
-from tasks.tables import (
+from tasks.data.contract import check_model_table
+from tasks.data.tables import (
     LABEL,
     SPLIT,
     SPLITS,
@@ -43,6 +40,9 @@ from tasks.tables import (
     text_column_of,
     write_table,
 )
+from tasks.errors import InputError, run_main
+from tasks.files import TOKENIZER_FILE, split_path
+from tasks.params import Augment, ImageAug, TableAug, TextAug, load_params
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]"]  # [PAD] is id 0, what token_sequences pads with
 

@@ -31,12 +31,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks import transform
-from tasks.contract import kind_of, missing_mask
+from tasks.data import transform
+from tasks.data.contract import kind_of, missing_mask
+from tasks.data.hashing import assign_splits, first_occurrences, row_hash
+from tasks.data.tables import SPLITS, model_schema, read_json, sha256_file, table_writer, write_json
 from tasks.errors import InputError, run_main
-from tasks.hashing import assign_splits, first_occurrences, row_hash
 from tasks.params import Clean, load_params
-from tasks.tables import SPLITS, model_schema, read_json, sha256_file, table_writer, write_json
 
 WORKERS = min(4, os.cpu_count() or 1)
 

@@ -20,10 +20,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, precision_recall_fscore_support  # noqa: E402
 
+from tasks.data.tables import LABEL, feature_names, read_json, read_model_table, write_json  # noqa: E402
 from tasks.errors import run_main  # noqa: E402
 from tasks.files import split_path  # noqa: E402
 from tasks.params import Evaluate, load_params  # noqa: E402
-from tasks.tables import LABEL, feature_names, read_json, read_model_table, write_json  # noqa: E402
 from tasks.weights import rebuild_model  # noqa: E402
 
 CURVES_PNG, CONFUSION_PNG = "training_curves.png", "confusion_matrix.png"  # in paths.figures

@@ -2,8 +2,8 @@
 
     python -m tasks.ingest            # what `dvc repro ingest` runs
 
-The source (tasks/sources.py: files, folders, image folders, URLs) is read
-whole, checked against the contract in params.yaml (tasks/contract.py) and
+The source (tasks/data/sources.py: files, folders, image folders, URLs) is read
+whole, checked against the contract in params.yaml (tasks/data/contract.py) and
 written as a Parquet snapshot plus a manifest. The snapshot's content hash is
 the data version: unchanged data gives byte-identical files, so DVC reruns
 nothing downstream; changed data gives a new version, and earlier versions
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tasks import contract as dc
+from tasks.data import contract as dc
+from tasks.data.sources import is_remote, read_source
+from tasks.data.tables import read_json, sha256_file, write_json, write_table
 from tasks.errors import InputError, run_main
 from tasks.params import Contract, Ingest, load_params
-from tasks.sources import is_remote, read_source
-from tasks.tables import read_json, sha256_file, write_json, write_table
 
 
 def _plain(table: pa.Table) -> pa.Table:

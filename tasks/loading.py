@@ -47,7 +47,7 @@ class Preprocessing:
                                                                          else [])
 
     def features(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
-        from tasks import transform
+        from tasks.data import transform
 
         arrays, text = transform.apply(batch, self.transform)
         x = (np.column_stack([a.to_numpy(zero_copy_only=False) for a in arrays]).astype(np.float32) if arrays

@@ -12,7 +12,7 @@ Input is read the way ingest read the version's own source (its ingest params ar
 a CSV (header, delimiter and encoding as then; without a header, the columns in the source's order,
 with or without the label last), Parquet or JSON lines with the source's columns; for a model trained
 on an image folder, image files or folders of them, decoded as ingest decoded the training images
-(tasks.sources.decode_image: 8-bit grayscale, the training image shape, no conversion or resizing). Rows
+(tasks.data.sources.decode_image: 8-bit grayscale, the training image shape, no conversion or resizing). Rows
 stream through in batches of --batch-rows: the version's fitted transform (and tokenizer), the model,
 one Parquet row group per batch. The output has a row per input row: `source` (the file), `row` (its
 index there), `prediction` (the class name, or a regression's value in the target's units) and, for
@@ -31,10 +31,10 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from tasks.data.sources import IMAGE_SUFFIXES, _first_line, _table_format, decode_images
+from tasks.data.tables import table_writer
 from tasks.errors import InputError, run_main
 from tasks.loading import Loaded, Preprocessing, load_model
-from tasks.sources import IMAGE_SUFFIXES, _first_line, _table_format, decode_images
-from tasks.tables import table_writer
 
 DEFAULT_BATCH_ROWS = 8192
 

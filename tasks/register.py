@@ -24,15 +24,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from tasks.data.sources import IMAGE_SUFFIXES, is_remote, resolve_local
+from tasks.data.tables import atomic_path, read_json, sha256_file, write_json
 from tasks.errors import InputError, run_main
 from tasks.files import RUN_FILE, TOKENIZER_FILE, split_path
-from tasks.model_card import render
 from tasks.params import Params, Register, load_params
 from tasks.registry import decide, move_stage, read_lineage, record_decision, stage_holder
 from tasks.registry.dvc_files import DVC_YAML, LOCK, artifacts, data_hashes, read_lock
 from tasks.registry.git import author, commit_paths, git, registry_lock
-from tasks.sources import IMAGE_SUFFIXES, is_remote, resolve_local
-from tasks.tables import atomic_path, read_json, sha256_file, write_json
+from tasks.registry.model_card import render
 from tasks.weights import parse_weights
 
 CODE = ("tasks", "models", "configs", "flows")  # uncommitted changes here make a run irreproducible

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from tasks.data.tables import read_json, write_json
 from tasks.errors import run_main
 from tasks.files import split_path
 from tasks.params import Train, load_params
-from tasks.tables import read_json, write_json
 from tasks.training import checkpoints as ckpt
 from tasks.training import reshard
 from tasks.training import run as runs

@@ -12,6 +12,7 @@ naming the stage and the module.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,13 @@ def closure(module: str, root: Path = ROOT) -> set[Path]:
             continue
         seen.add(name)
         todo.extend(imported_modules(path, root))
-    return {module_file(n, root).relative_to(root) for n in seen}
+    return {module_file(n, root).relative_to(root) for n in seen if not docstring_only(module_file(n, root))}
+
+
+def docstring_only(path: Path) -> bool:
+    """A package's __init__.py that holds a docstring and nothing else: no behaviour for a dep to track."""
+    body = ast.parse(path.read_text()).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
 
 
 def missing_deps(dvc_yaml: dict, root: Path = ROOT) -> dict[str, list[str]]:
@@ -83,10 +90,11 @@ def test_every_module_a_stage_imports_is_one_of_its_deps():
 def test_the_closure_follows_imports_inside_functions_and_through_packages(tmp_path):
     (tmp_path / "tasks" / "pkg").mkdir(parents=True)
     (tmp_path / "models").mkdir()
-    (tmp_path / "tasks" / "stage.py").write_text("import os\nfrom tasks.pkg import helper\n")
-    (tmp_path / "tasks" / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "tasks" / "stage.py").write_text("import os\nfrom tasks.pkg import helper\n")  # no tasks/__init__
+    (tmp_path / "tasks" / "pkg" / "__init__.py").write_text("from tasks.pkg import helper\n")
     (tmp_path / "tasks" / "pkg" / "helper.py").write_text("def f():\n    from models import net\n")
-    (tmp_path / "models" / "net.py").write_text("")
+    (tmp_path / "models" / "net.py").write_text("WIDTH = 8\n")
+    (tmp_path / "models" / "__init__.py").write_text('"""Only a docstring: nothing for a dep to track."""\n')
     (tmp_path / "tasks" / "unused.py").write_text("")
     assert closure("tasks.stage", tmp_path) == {Path("tasks/stage.py"), Path("tasks/pkg/__init__.py"),
                                                 Path("tasks/pkg/helper.py"), Path("models/net.py")}
@@ -97,3 +105,30 @@ def test_the_closure_follows_imports_inside_functions_and_through_packages(tmp_p
 @pytest.mark.parametrize("stage", ["ingest", "clean", "augment", "train", "evaluate", "register"])
 def test_each_stage_of_the_dag_is_checked(stage):
     assert stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+SECTIONS = ("ingest", "contract", "clean", "augment", "train", "evaluate", "register")
+
+
+def params_read(module: str, root: Path = ROOT) -> set[str]:
+    """The params sections or keys a stage reads: `p.<section>[.<key>]` in its module and in the modules of
+    its closure that take the whole params (`p: Params`)."""
+    found = set()
+    for f in closure(module, root):
+        text = (root / f).read_text()
+        if f == Path(*module.split(".")).with_suffix(".py") or "p: Params" in text:
+            found |= {m.group(1) for m in re.finditer(rf"\bp\.((?:{'|'.join(SECTIONS)})(?:\.[a-z_]+)?)\b", text)}
+    return found
+
+
+def test_every_params_key_a_stage_reads_is_one_of_its_params():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    missing = {}
+    for name, stage in stages.items():
+        declared = set(stage.get("params", []))
+        words = stage["cmd"].split()
+        read = params_read(words[words.index("-m") + 1])
+        gaps = sorted(k for k in read if k not in declared and k.split(".")[0] not in declared)
+        if gaps:
+            missing[name] = gaps
+    assert not missing, f"dvc.yaml: stages read params DVC does not track: {missing}"

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from tasks.tables import atomic_path, sha256_file
+from tasks.data.tables import atomic_path, sha256_file
 
 MARKER = "complete.json"
 TAG = re.compile(r"^step(\d{8})$")

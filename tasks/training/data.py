@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from tasks.data.tables import LABEL, feature_names, read_model_table, tokens_of
 from tasks.params import Train
-from tasks.tables import LABEL, feature_names, read_model_table, tokens_of
 from tasks.training import reshard
 
 

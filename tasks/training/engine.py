@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from tasks.data.tables import read_json
 from tasks.errors import InputError
 from tasks.params import Train
-from tasks.tables import read_json
 
 
 def _merge(base: dict, override: dict) -> dict:

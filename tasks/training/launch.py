@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from models import build
+from tasks.data.tables import LABEL, feature_names, image_shape_of, read_json, read_model_table, tokens_of
 from tasks.errors import InputError
 from tasks.files import split_path
 from tasks.params import Params, Train
-from tasks.tables import LABEL, feature_names, image_shape_of, read_json, read_model_table, tokens_of
 from tasks.training.agreement import PREEMPTED
 from tasks.training.engine import ds_config, zero_stage
 from tasks.training.reshard import to_continue
@@ -61,7 +61,7 @@ def world_size(p: Train) -> int:
 
 def precheck(p: Params) -> None:
     """Everything that can be checked before any process starts or time is spent."""
-    from tasks.contract import check_model_table
+    from tasks.data.contract import check_model_table
 
     t = read_json(p.paths.transform, "clean transform")
     regression = t.get("task") == "regression"

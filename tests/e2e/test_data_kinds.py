@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tasks.tables import read_table
+from tasks.data.tables import read_table
 from tests.conftest import copy_repo, run, set_params
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_each_kind_of_data_trains_by_changing_params_only(tmp_path, kind):
     port = {"images": 29710, "table": 29720, "text": 29730, "text-transformer": 29755, "images-rnn": 29765,
             "regression": 29785}[kind]
     repo = copy_repo(tmp_path / kind, master_port=port)
-    run([sys.executable, "-m", "tasks.example_data", maker, source], repo)
+    run([sys.executable, "-m", "tasks.data.example_data", maker, source], repo)
     set_params(repo, {"ingest.source": source, **changes})
     out = run(["dvc", "repro"], repo).stdout
     assert "ingest: data version" in out and "Running stage 'register'" in out
@@ -79,7 +79,7 @@ def test_each_kind_of_data_trains_by_changing_params_only(tmp_path, kind):
 def test_data_versions_reruns_and_stable_splits(tmp_path):
     """Unchanged data reruns nothing; new rows make a new version; the old one stays retrievable."""
     repo = copy_repo(tmp_path / "versions", master_port=29740)
-    run([sys.executable, "-m", "tasks.example_data", "table", "data/sources/wine.csv"], repo)
+    run([sys.executable, "-m", "tasks.data.example_data", "table", "data/sources/wine.csv"], repo)
     set_params(repo, {"ingest.source": "data/sources/wine.csv", **KINDS["table"][3]})
     run(["dvc", "repro", "augment"], repo)
     run(["git", "add", "-A"], repo)

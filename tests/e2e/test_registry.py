@@ -22,8 +22,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tasks.sources import resolve_local
-from tasks.tables import LABEL, SPLIT
+from tasks.data.sources import resolve_local
+from tasks.data.tables import LABEL, SPLIT
 from tests.conftest import copy_repo, run, set_params
 
 pytestmark = pytest.mark.slow

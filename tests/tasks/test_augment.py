@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import torch
 
 from tasks.augment import augment, augment_images, augment_table, bag_of_words
+from tasks.data.tables import read_model_table, sha256_file
 from tasks.files import TOKENIZER_FILE
 from tasks.params import Augment, ImageAug, TableAug, TextAug
-from tasks.tables import read_model_table, sha256_file
 from tests.tasks.conftest import paths, run_clean, run_ingest
 
 

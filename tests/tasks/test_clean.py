@@ -7,12 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import transform
 from tasks.clean import Raw
+from tasks.data import transform
+from tasks.data.hashing import assign_splits, first_occurrences, row_hash
+from tasks.data.tables import ROW_GROUP_ROWS, read_model_table, read_table
 from tasks.errors import InputError
-from tasks.hashing import assign_splits, first_occurrences, row_hash
 from tasks.params import Split
-from tasks.tables import ROW_GROUP_ROWS, read_model_table, read_table
 from tests.tasks.conftest import run_clean, run_ingest, tiny_contract
 
 

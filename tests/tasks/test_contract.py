@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks.contract import check, check_model_table, drift, format_violations, profile, violation
+from tasks.data.contract import check, check_model_table, drift, format_violations, profile, violation
+from tasks.data.hashing import assign_splits, row_hash
 from tasks.errors import InputError
-from tasks.hashing import assign_splits, row_hash
 from tasks.ingest import failed_report_path
 from tasks.params import ColumnRule, Contract, Drift, Ingest, Split
 from tests.tasks.conftest import paths, run_clean, run_ingest, tiny_contract, tiny_csv

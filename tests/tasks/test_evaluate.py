@@ -9,10 +9,10 @@ from safetensors.torch import save_file
 
 from models import build
 from tasks.augment import augment
+from tasks.data.tables import read_model_table
 from tasks.errors import InputError
 from tasks.evaluate import evaluate
 from tasks.params import Augment, Evaluate
-from tasks.tables import read_model_table
 from tasks.weights import rebuild_model
 
 MLP = {"n_features": 4, "n_outputs": 3, "hidden": [16], "dropout": 0.0}

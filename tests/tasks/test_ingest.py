@@ -5,9 +5,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.data.sources import resolve_local
+from tasks.data.tables import sha256_file
 from tasks.errors import InputError
-from tasks.sources import resolve_local
-from tasks.tables import sha256_file
 from tests.tasks.conftest import paths, run_ingest, tiny_csv
 
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from models import build
+from tasks.data.tables import sha256_file
 from tasks.errors import InputError
-from tasks.tables import sha256_file
 from tasks.weights import rebuild_model
 
 CONFIG = {"n_features": 4, "n_outputs": 3, "hidden": [8], "dropout": 0.0, "activation": "relu", "norm": "none",

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 from models import build
+from tasks.data.tables import read_json
 from tasks.errors import InputError
 from tasks.files import TOKENIZER_FILE, split_path
 from tasks.loading import Loaded, Preprocessing
 from tasks.params import Split
 from tasks.predict import image_batches, main, predict_files
 from tasks.registry import Version
-from tasks.tables import read_json
 from tests.tasks.conftest import paths, run_clean, run_ingest
 
 ROWS = 60
@@ -148,8 +148,8 @@ def test_raw_text_gets_the_features_augment_gave_the_test_split(tmp_path, repres
     from tokenizers import Tokenizer
 
     from tasks.augment import augment
+    from tasks.data.tables import read_model_table, read_table
     from tasks.params import Augment, TextAug
-    from tasks.tables import read_model_table, read_table
 
     words = {0: "apple banana cherry", 1: "engine piston valve"}
     (tmp_path / "s.csv").write_text("\n".join(["text,label"] + [f"{words[i % 2]} Item{i},{i % 2}"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tasks.data.tables import write_json, write_table
 from tasks.errors import InputError
 from tasks.files import RUN_FILE
 from tasks.params import load_params
 from tasks.register import register
-from tasks.tables import write_json, write_table
 from tests.conftest import GIT_ENV, ROOT
 
 

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from tasks import registry
+from tasks.data.tables import write_json
 from tasks.errors import InputError
 from tasks.params import Register
 from tasks.register import register
-from tasks.tables import write_json
 from tests.conftest import ROOT
 from tests.tasks.test_register import produce, repo  # noqa: F401  (the fixture)
 

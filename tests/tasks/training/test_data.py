@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tasks.tables import TOKENS_KEY
+from tasks.data.tables import TOKENS_KEY
 from tasks.training.data import epoch_order, input_dtype
 
 

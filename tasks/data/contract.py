@@ -242,7 +242,7 @@ def format_violations(path, violations: list[dict], report: Path) -> str:
 
 def check_model_table(table: pa.Table, path: Path, n_classes: int | None = None) -> None:
     """A boundary check of a table written from clean on: finite features, labels in range."""
-    from tasks.tables import LABEL, SPLIT, feature_names
+    from tasks.data.tables import LABEL, SPLIT, feature_names
 
     problems = []
     for name in feature_names(table.schema):

@@ -1,9 +1,9 @@
 """Example sources of the three kinds the pipeline takes, made offline from shipped data.
 
-    python -m tasks.example_data images data/sources/digits_png   # PNG folders, one per class
-    python -m tasks.example_data table data/sources/wine.csv       # numbers, categories, gaps
-    python -m tasks.example_data text data/sources/docs.csv        # a text column and a label
-    python -m tasks.example_data regression data/sources/diabetes.csv  # a numeric target
+    python -m tasks.data.example_data images data/sources/digits_png   # PNG folders, one per class
+    python -m tasks.data.example_data table data/sources/wine.csv       # numbers, categories, gaps
+    python -m tasks.data.example_data text data/sources/docs.csv        # a text column and a label
+    python -m tasks.data.example_data regression data/sources/diabetes.csv  # a numeric target
 
 - images: the UCI digits that scikit-learn ships, written as 8x8 grayscale
   PNG files (0-16 stretched to 0-255) in one folder per digit;
@@ -123,7 +123,7 @@ def regression(dest: Path) -> int:
 def main() -> None:
     makers = {"images": images, "table": table, "text": text, "regression": regression}
     if len(sys.argv) != 3 or sys.argv[1] not in makers:
-        sys.exit(f"usage: python -m tasks.example_data {{{','.join(makers)}}} DEST")
+        sys.exit(f"usage: python -m tasks.data.example_data {{{','.join(makers)}}} DEST")
     n = makers[sys.argv[1]](Path(sys.argv[2]))
     print(f"example_data: {n} {sys.argv[1]} rows -> {sys.argv[2]}")
 

@@ -1,6 +1,6 @@
 """The fitted preprocessing: fit on training rows column by column, apply batch by batch.
 
-    from tasks import transform
+    from tasks.data import transform
     stats = transform.fit_numeric(name, values, params)         # clean: per column, on training rows
     numeric = transform.finish_scaling([stats, ...], params)    # clean: the scales, once all are fitted
     arrays, text = transform.apply(batch, t)                    # clean, evaluate, predict

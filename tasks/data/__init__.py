@@ -1,0 +1,9 @@
+"""What the data stages (ingest, clean, augment) share, and what every later stage reads tables with.
+
+    sources       read a source: a local or remote CSV, Parquet or JSON-lines file or folder, an image folder
+    contract      the data contract checked at ingest, the profile and drift report
+    tables        table I/O with declared schemas (Parquet, Arrow IPC), atomic writes, hashes
+    hashing       row hashes and the hash-based split that adding rows never moves
+    transform     clean's fitted preprocessing (imputation, scaling, categories), applied again by predict
+    example_data  example sources of every kind, made from what scikit-learn ships
+"""
