@@ -86,6 +86,19 @@ def test_plan_after_a_code_change_through_the_flow(repo, prefect_server):
     assert ran == ["evaluate"]  # same metrics, same model: register had nothing new to register
 
 
+def test_plan_after_an_edit_to_the_deepspeed_config_code(repo):
+    # tasks/training/engine.py was no dep of train once: an edit there reran nothing and plan said "up to date"
+    with (repo / "tasks/training/engine.py").open("a") as f:
+        f.write("\n# a comment: the code that derives the DeepSpeed config changed\n")
+    runs_before = {d.name for d in (repo / "checkpoints").iterdir() if d.is_dir()}
+    steps, ran = planned_then_ran(repo, "dvc", dvc_repro)
+    assert steps["train"]["action"] == RUN and steps["train"]["reasons"] == ["dep tasks/training modified"]
+    assert steps["augment"]["action"] == SKIP
+    assert ran[0] == "train"  # and whatever its new outputs make stale, as plan said (planned_then_ran)
+    runs_after = {d.name for d in (repo / "checkpoints").iterdir() if d.is_dir()}
+    assert len(runs_after) == 1 and not runs_after & runs_before  # trained afresh (a new fingerprint), old run gone
+
+
 def test_the_new_data_schedule_retrains_only_on_new_data(repo, prefect_server):
     from flows.pipeline import pipeline
 
