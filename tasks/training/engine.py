@@ -55,6 +55,10 @@ def ds_config(params: Train, world_size: int, total_steps: int) -> dict:
         "fp16": {"enabled": params.precision == "fp16", "loss_scale": 0},  # 0: dynamic loss scaling
         "seed": params.seed,
         "steps_per_print": 10**9,  # progress is shown by tqdm, per epoch
+        # DeepSpeed's throughput timer is on by default and synchronises the device at every forward and
+        # every step (two host waits a step on a GPU) for a samples/s line printed every steps_per_print
+        # steps, which is never here: off. A user's JSON can turn it back on.
+        "timers": {"throughput": {"enabled": False}},
     }
     if opt.name == "sgd" and params.zero_stage:  # torch's SGD under ZeRO works, but DeepSpeed asks to be told
         config["zero_allow_untested_optimizer"] = True

@@ -23,6 +23,9 @@ def test_deepspeed_config_follows_params():
     assert cfg["optimizer"]["params"]["torch_adam"] is True  # no FusedAdam build on the CPU
     assert cfg["optimizer"]["params"]["foreach"] is True  # one multi-tensor update, also on the CPU
     assert "scheduler" not in cfg  # constant, no warmup
+    from deepspeed.utils.config import get_timers_config
+
+    assert not get_timers_config(cfg).enabled  # no device synchronisation at every forward and step
     warm = ds_config(Train.model_validate({"schedule": {"warmup_steps": 20}}), world_size=1, total_steps=100)
     assert warm["scheduler"] == {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 3e-3,
                                                                  "warmup_num_steps": 20, "warmup_type": "linear"}}
