@@ -239,7 +239,10 @@ def main() -> None:
         from tasks.training.launch import launch, launcher_command, precheck, threads_per_rank
 
         run_main(lambda: precheck(p))
-        sys.exit(launch(launcher_command(p.train), threads_per_rank(p.train)))
+        code = launch(launcher_command(p.train), threads_per_rank(p.train))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # with torch loaded, the interpreter's own teardown takes 0.6-0.8 s (benchmarks/startup.py)
 
     import torch.distributed as dist
 

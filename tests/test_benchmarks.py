@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import sys
 
 import pytest
@@ -27,11 +30,54 @@ def test_engine_overhead_benchmark_times_each_part_of_a_step():
     assert re.search(r"DeepSpeed's \d+ µs, the same work written bare \d+ µs", out), out
 
 
+def test_startup_tracer_records_a_process_start_imports_and_exit(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(ROOT / "benchmarks" / "startup_trace.py", site / "sitecustomize.py")
+    trace = tmp_path / "trace.jsonl"
+    env = os.environ | {"STARTUP_TRACE": str(trace), "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+    run([sys.executable, "-c", "import numpy; import tasks.params; tasks.params.load_params"], tmp_path, env=env)
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [e["ev"] for e in events][0] == "proc" and events[0]["t_start"] <= events[0]["t_site"], events
+    assert {e["name"] for e in events if e["ev"] == "import"} >= {"numpy", "tasks.params"}, events
+    assert events[-1]["ev"] == "exit", events
+
+
 @pytest.mark.slow
-def test_ddp_benchmark_trains_both_sides_to_the_same_losses():
+def test_ddp_benchmark_trains_all_sides_to_the_same_losses_and_times_the_whole_runs():
     out = run([sys.executable, "benchmarks/train_vs_ddp.py", "--model", "mlp", "--epochs", "2", "--copies", "0",
-               "--repeat", "1"], ROOT, timeout=600).stdout
-    rows = re.findall(r"^\s+(\d)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+               "--repeat", "1", "--lightning-defaults"], ROOT, timeout=600).stdout
+    number = r"\s+([\d.]+)"
+    rows = re.findall(rf"^\s+(\d){number * 7}{number * 4}$", out, re.M)  # 4 times, 3 ratios, 4 losses
     assert [r[0] for r in rows] == ["1", "2"], out
-    assert all(float(stage) == pytest.approx(float(ddp), rel=1e-5) for *_, stage, ddp in rows), out
-    assert re.search(r"stage / DDP time per epoch .*: [\d.]+ +target <= 1.05", out), out
+    for *_, stage, ddp, lightning, defaults in rows:
+        assert float(stage) == pytest.approx(float(ddp), rel=1e-5), out
+        assert float(stage) == pytest.approx(float(lightning), rel=1e-5), out
+        assert float(stage) == pytest.approx(float(defaults), rel=1e-5), out
+    assert re.search(r"stage / DDP +[\d.]+ +target <= 1.05", out), out
+    assert re.search(r"stage / Lightning +[\d.]+ +target <= 1.00: (met|NOT met)", out), out
+    for side in ("stage \\(python -m tasks.train\\)", "DDP \\(torchrun\\)", "Lightning \\(python script.py\\)"):
+        assert re.search(rf"^{side}\s+[\d.]+\s+[\d.-]+\s+[\d.]+\s+[\d.]+", out, re.M), out
+    assert re.search(r"stage / Lightning +whole run [\d.]+, fixed cost [\d.]+ \([+-][\d.]+ s\)", out), out
+
+
+@pytest.mark.slow
+def test_startup_benchmark_breaks_the_whole_run_down_and_times_the_candidates():
+    out = run([sys.executable, "benchmarks/startup.py", "--model", "mlp", "--epochs", "1", "--copies", "0",
+               "--repeat", "1", "--candidates"], ROOT, timeout=900).stdout
+    whole = float(re.search(r"the train stage's whole run, .*: ([\d.]+) s", out).group(1))
+    table = out.split("the train stage's whole run")[1].split("fixed cost")[0]
+    for phase in ("DVC side: imports", "DVC side: precheck", "DeepSpeed's launch: start", "rank 0: imports",
+                  "rank 0: deepspeed.init_distributed", "rank 0: deepspeed.initialize", "rank 0: first step",
+                  "rank 0: between epochs", "launch: notices its ranks have exited", "DVC side: exit"):
+        assert re.search(rf"^{re.escape(phase)}.*\s[\d.]+\s+[\d.]+%", table, re.M), out
+    total = re.search(r"^total\s+([\d.]+)\s+100.0%", out, re.M)
+    assert total and float(total.group(1)) == pytest.approx(whole, abs=0.02), out  # the phases add up
+    assert re.search(r"^first line \(Python up\)\s+[\d.]+\s+[\d.]+$", out, re.M), out  # both ranks
+    assert re.search(r"^import deepspeed \(torch imported\)\s+[\d.]+", out, re.M), out
+    for candidate in ("as it is", "the DVC side ends with os._exit", "launch inside the DVC side",
+                      "without pandas in the environment", "all of the above"):
+        assert re.search(rf"^{re.escape(candidate)}.*\s[\d.]+\s+[\d.]+\s+[\d.]+-[\d.]+\s+[+-][\d.]+$", out, re.M), out
+    assert re.search(r"^DVC side: exit(\s+[\d.]+){6}$", out, re.M), out  # phase by phase, each candidate
+    # the launcher inside the DVC side (candidates 4 and 6): no launcher process to start
+    assert re.search(r"^DVC side: starting the launcher(\s+[\d.]+){3}\s+-\s+[\d.]+\s+-$", out, re.M), out

@@ -158,12 +158,20 @@ def threads_per_rank(p: Train) -> dict:
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // p.num_procs))}
 
 
+def interpreter_first_path() -> str:
+    """PATH with this interpreter's folder first. torch checks DeepSpeed's compiled shared-memory op with the
+    first `ninja` on PATH; a system ninja and the virtualenv's each take the other's build log for stale, so
+    every switch between a run with the virtualenv activated and one without recompiled the op (45-80 s)."""
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 def launch(cmd: list[str], env: dict) -> int:
     """Run the launcher; a SIGTERM or SIGINT here is passed on to every rank (which checkpoint, then exit)
-    and this process waits for them: DeepSpeed's single-node runner would die and leave them running."""
+    and this process waits for them: DeepSpeed's single-node runner would die and leave them running. The
+process's own handlers are back once the launcher has exited."""
     import psutil
 
-    proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONUNBUFFERED": "1"} | env)
+    proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONUNBUFFERED": "1", "PATH": interpreter_first_path()} | env)
     signalled: list[psutil.Process] = []
 
     def forward(signum, frame):
@@ -175,9 +183,12 @@ def launch(cmd: list[str], env: dict) -> int:
             except psutil.NoSuchProcess:
                 pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    code = proc.wait()
+    before = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     if not signalled:
         return code
     psutil.wait_procs(signalled, timeout=120)  # the ranks finish their checkpoint before this stage ends

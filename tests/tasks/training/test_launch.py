@@ -5,6 +5,9 @@ The distributed loop itself runs in tests/e2e (2 CPU ranks over gloo).
 
 import base64
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +18,7 @@ import torch
 from tasks.errors import InputError
 from tasks.params import Train
 from tasks.training import checkpoints as ckpt
-from tasks.training.launch import launcher_command, precheck, refuse_other_world, threads_per_rank
+from tasks.training.launch import launch, launcher_command, precheck, refuse_other_world, threads_per_rank
 from tests.conftest import ROOT
 
 
@@ -80,6 +83,15 @@ def test_cpu_ranks_share_the_cores(monkeypatch):
     assert threads_per_rank(Train(num_procs=16)) == {"OMP_NUM_THREADS": "1"}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
     assert threads_per_rank(Train(num_procs=2)) == {}
+
+
+def test_the_ranks_find_this_interpreters_tools_first(tmp_path, monkeypatch):
+    # torch picks the first ninja on PATH to check DeepSpeed's compiled op: a system one rebuilt it every time
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    out, handler = tmp_path / "path.txt", signal.getsignal(signal.SIGINT)
+    code = launch([sys.executable, "-c", f"import os; open({str(out)!r}, 'w').write(os.environ['PATH'])"], {})
+    assert code == 0 and out.read_text().split(os.pathsep)[:2] == [str(Path(sys.executable).parent), "/usr/bin"]
+    assert signal.getsignal(signal.SIGINT) is handler  # this process's own handler is back
 
 
 def test_precheck_refuses_a_batch_larger_than_a_ranks_share(staged, tmp_path):
