@@ -37,8 +37,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tasks.data.tables import read_table, sha256_file, write_json, write_table  # noqa: E402
 from tasks.params import Clean  # noqa: E402
-from tasks.tables import read_table, sha256_file, write_json, write_table  # noqa: E402
 
 OUTLIERS, TEST, VAL = (0.01, 0.99), Clean().split.test_fraction, Clean().split.val_fraction
 WARM_ROWS = 20_000
@@ -121,7 +121,7 @@ def child(kind: str, work: Path, repeat: int, batch_rows: int, profile: bool) ->
     if kind == "stage":
         from tasks.clean import clean
 
-        params = Clean(outliers=OUTLIERS, batch_rows=batch_rows)
+        params = Clean(outliers=OUTLIERS, batch_rows=batch_rows, per_column=True)  # pandas scales per column
         run = lambda d: clean(params, d / "raw.parquet", d / "manifest.json", d / "out.arrow",  # noqa: E731
                               d / "transform.json", d / "report.json")
     else:

@@ -3,7 +3,7 @@
     python benchmarks/engine_overhead.py [--model cnn] [--batch-size 32] [--steps 3000]
 
 One process, a world of one, one thread, so nothing but the code is timed: the
-train stage's engine (tasks.engine: params.yaml's DeepSpeed config, ZeRO stage
+train stage's engine (tasks.training.engine: params.yaml's DeepSpeed config, ZeRO stage
 0, fp32) and the same model with torch's AdamW and clipping, stepped
 alternately on the same batch of digits. Prints the median CPU time of each
 part of a step (forward, backward, optimizer step) on each side and their
@@ -42,9 +42,10 @@ def main() -> None:
     from train_vs_ddp import prepare
 
     from models import build
-    from tasks.engine import build_engine, ds_config
     from tasks.params import load_params
-    from tasks.train import load_split, model_config
+    from tasks.training.data import load_split
+    from tasks.training.engine import build_engine, ds_config
+    from tasks.training.run import model_config
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

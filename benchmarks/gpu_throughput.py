@@ -9,7 +9,7 @@ Two measurements, one process, one GPU (world size 1):
 1. The project's Transformer (models/transformer.py) at roughly GPT-2-small
    size (12 layers, d_model 768, 12 heads, a 50,257-token vocabulary, 1,024
    tokens a row: about 124M parameters) trained in bf16 by a DeepSpeed engine
-   built as the train stage builds it (tasks.engine, from a Train
+   built as the train stage builds it (tasks.training.engine, from a Train
    params object, AdamW, clipping, ZeRO stage as in params.yaml), with the
    stage's step (forward, loss, engine.backward, engine.step, loss.item()).
    It prints tokens per second and the model-FLOPs utilisation: the FLOPs the
@@ -56,8 +56,8 @@ def single_rank() -> None:
 
 
 def engine_for(model: torch.nn.Module, train, total_steps: int):
-    """The engine as tasks.train.train makes it, for a world of one."""
-    from tasks.engine import build_engine, ds_config
+    """The engine as the train stage makes it (tasks.train.start), for a world of one."""
+    from tasks.training.engine import build_engine, ds_config
 
     return build_engine(model, ds_config(train, 1, total_steps))
 
@@ -75,7 +75,7 @@ def timed(step, n: int, device: torch.device) -> float:
 
 def transformer_mfu(args, train, device: torch.device) -> None:
     from models import build
-    from tasks.train import loss_fn
+    from tasks.training.loss import loss_fn
 
     size = dict(d_model=args.d_model, heads=args.heads, layers=args.layers, ff_mult=4, dropout=0.1,
                 activation="gelu", init="xavier")
@@ -114,7 +114,7 @@ def transformer_mfu(args, train, device: torch.device) -> None:
 
 def cnn_vs_torch(args, train, device: torch.device) -> None:
     from models import build
-    from tasks.train import loss_fn
+    from tasks.training.loss import loss_fn
 
     cfg = {"image_shape": [8, 8], "n_outputs": 10, **train.cnn.model_dump()}
     t = train.model_copy(update={"model": "cnn", "precision": "fp32"})

@@ -1,28 +1,48 @@
-"""Benchmark: the train stage (DeepSpeed) against a plain PyTorch DDP loop, same model, data and ranks.
+"""Benchmark: the train stage (DeepSpeed) against what a user would pick instead: a plain PyTorch DDP loop and
+PyTorch Lightning's Trainer, same model, data and ranks; per epoch and for the whole run, start-up included.
 
     python benchmarks/train_vs_ddp.py [--model cnn] [--epochs 8] [--batch-size 32] [--procs 2] [--zero-stage N]
-                                      [--copies 4] [--repeat 5]
+                                      [--copies 4] [--repeat 5] [--lightning-defaults]
 
 Prepares the digits once with the pipeline's own ingest, clean and augment
-functions, then runs, one after the other on the same machine:
+functions, then runs, one after the other on the same machine, each side as a
+user launches it:
 
 - the train stage as `dvc repro` runs it (`python -m tasks.train`: DeepSpeed's
-  launcher, CPU ranks over gloo, ZeRO stage and checkpoints as in params.yaml;
-  stage 0 there, DeepSpeed's data parallelism, the algorithm DDP runs;
-  `--zero-stage 1` shows what sharding the optimizer state costs on top);
+  launcher, CPU ranks over gloo, ZeRO stage, validation and checkpoints every
+  epoch as in params.yaml; stage 0 there, DeepSpeed's data parallelism, the
+  algorithm DDP runs; `--zero-stage 1` shows what sharding the optimizer state
+  costs on top);
 - a DDP loop started by torchrun: the same model (models.build with the same
-  config), the same rows in the same order (tasks.train.epoch_order), the same
-  AdamW (torch's, multi-tensor), learning rate, weight decay and gradient
-  clipping, no checkpoints; BatchNorm statistics stay each rank's own, as in
-  the stage (broadcast_buffers=False).
+  config), the same rows in the same order (tasks.training.data.epoch_order),
+  the same AdamW (torch's, multi-tensor), learning rate, weight decay and
+  gradient clipping, no validation, no checkpoints; BatchNorm statistics stay
+  each rank's own, as in the stage (broadcast_buffers=False);
+- Lightning's Trainer started by `python script.py` (it starts the other ranks
+  itself): the same model, rows (a sampler yielding the stage's batches of
+  each epoch, so use_distributed_sampler=False), order, AdamW, clipping (the
+  Trainer's gradient_clip_val, by norm) and process count; the DDP strategy
+  on the CPU accelerator over gloo with broadcast_buffers=False, and with what
+  a user switches off when timing: checkpointing, the logger, the progress
+  bar and the model summary. Its loss is what a user logs, `self.log(...,
+  on_epoch=True, sync_dist=True)`: the mean over the batches and the ranks,
+  the stage's mean. With a GPU, Lightning's DeepSpeed strategy at the stage's
+  ZeRO stage (Lightning refuses DeepSpeed without one). `--lightning-defaults`
+  adds a column with Lightning's defaults (strategy "ddp", which broadcasts
+  the BatchNorm buffers before every forward, a CSV logger, a checkpoint each
+  epoch, the progress bar), keeping only the stage's rows and order.
 
 Each side reports the seconds of its training steps per epoch (validation and
 checkpoints excluded) and its mean training loss per epoch; each runs --repeat
 times, interleaved, and an epoch's time is its best over the repeats. Prints
-both per epoch, the stage / DDP time ratio over the epochs after the first
-(warm-up), the same ratio run by run (how noisy the machine was), and the
-largest relative difference between the two loss curves. Target: at most 5%
-slower (ratio <= 1.05), with equal losses.
+the sides per epoch, the stage / DDP and stage / Lightning time ratios over the
+epochs after the first (warm-up) and run by run (how noisy the machine was),
+and the largest relative difference between the loss curves. Then the whole
+run of each side, from process start to exit, and its fixed cost: the whole
+run less its epochs' step time (start-up, imports, data, engine set-up, the
+stage's validation and checkpoints, shutdown; benchmarks/startup.py breaks the
+stage's down). Targets: per epoch within 5% of DDP where a step takes >= 10 ms
+and never slower than Lightning; a fixed cost no larger than Lightning's.
 
 The training rows are the digits with --copies augmented copies each (4: 99
 steps an epoch a rank). With params.yaml's one copy an epoch is 39 steps,
@@ -36,17 +56,22 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+SIDES = {"stage": "stage", "ddp": "DDP", "lightning": "Lightning", "lightning-defaults": "L.defaults"}
+RATIO = {"ddp": "st/DDP", "lightning": "st/Light", "lightning-defaults": "st/Ldef"}
+LAUNCHED = {"stage": "python -m tasks.train", "ddp": "torchrun", "lightning": "python script.py",
+            "lightning-defaults": "python script.py"}
 
 
 def prepare(work: Path, copies: int) -> Path:
@@ -70,71 +95,125 @@ def prepare(work: Path, copies: int) -> Path:
     return work
 
 
-def run_stage(work: Path, args) -> list[dict]:
+def child_env(**extra: str) -> dict:
+    """The project importable, and the venv's own tools first on PATH (as the tests have it): torch finds
+    `ninja` there to check DeepSpeed's compiled op, and another ninja version rebuilds it (a minute)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return os.environ | {"PYTHONPATH": str(ROOT), "PATH": path, "TQDM_DISABLE": "1"} | extra
+
+
+def timed_run(cmd: list[str], cwd: Path, env: dict) -> float:
+    """Wall seconds of a command from its start to its exit; its stderr shown only if it fails."""
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return wall
+
+
+def free_port() -> int:
+    """A port nothing listens on now: runs of this benchmark (or the tests) at the same time do not collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stage_params(work: Path, args) -> dict:
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["train"] |= {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
-                        "num_procs": args.procs, "master_port": 29890}
+                        "num_procs": args.procs, "master_port": free_port()}
     if args.zero_stage is not None:
         params["train"]["zero_stage"] = args.zero_stage
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    return params
+
+
+def run_stage(work: Path, args) -> tuple[list[dict], float]:
+    params = stage_params(work, args)
     shutil.rmtree(params["paths"]["checkpoints"], ignore_errors=True)  # train from scratch, not resume
-    subprocess.run([sys.executable, "-m", "tasks.train"], cwd=work, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
-    return json.loads(Path(params["paths"]["train_history"]).read_text())
+    wall = timed_run([sys.executable, "-m", "tasks.train"], work, child_env())
+    return json.loads(Path(params["paths"]["train_history"]).read_text()), wall
 
 
-def run_ddp(work: Path, args) -> list[dict]:
+def worker_args(side: str, work: Path, args, out: Path) -> list[str]:
+    return [__file__, "--worker", side, "--work", str(work), "--model", args.model, "--epochs", str(args.epochs),
+            "--batch-size", str(args.batch_size), "--procs", str(args.procs), "--out", str(out)]
+
+
+def run_ddp(work: Path, args) -> tuple[list[dict], float]:
     out = work / "ddp.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.procs}", "--master_port=29891",
-           __file__, "--worker", str(work), "--model", args.model, "--epochs", str(args.epochs),
-           "--batch-size", str(args.batch_size), "--out", str(out)]
-    subprocess.run(cmd, cwd=work, env=os.environ | {"PYTHONPATH": str(ROOT)}, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.procs}",
+           f"--master_port={free_port()}", *worker_args("ddp", work, args, out)]  # torchrun
+    wall = timed_run(cmd, work, child_env())
+    return json.loads(out.read_text()), wall
 
 
-def ddp_worker(work: Path, args) -> None:
-    """One DDP rank: the stage's model, data order and optimizer settings, written the plain way."""
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
-    from torch.nn.parallel import DistributedDataParallel as DDP
+def run_lightning(work: Path, args, side: str) -> tuple[list[dict], float]:
+    out = work / f"{side}.json"
+    wall = timed_run([sys.executable, *worker_args(side, work, args, out)], work, child_env())
+    return json.loads(out.read_text()), wall
 
-    from models import build
-    from tasks.params import load_params
-    from tasks.train import epoch_order, load_split, model_config
 
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    p = load_params(work / "params.yaml")
-    t = p.train.model_copy(update={"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size})
-    x, y, schema = load_split(p.paths.splits / "train.parquet")
-    torch.manual_seed(t.seed)
-    # broadcast_buffers=False: the stage's engine leaves each rank its own BatchNorm statistics, so DDP does not
-    # send rank 0's before every forward either (the same arithmetic, and one collective fewer for the baseline)
-    warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated")  # its successor still syncs at init
-    model = DDP(build(t.model, model_config(t, schema, x.shape[1], int(y.max()) + 1)), broadcast_buffers=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.optimizer.lr, weight_decay=t.optimizer.weight_decay,
-                            betas=t.optimizer.betas, foreach=True)  # the stage's multi-tensor AdamW
-    torch.manual_seed(t.seed + 1 + rank)
-    history = []
-    for epoch in range(1, t.epochs + 1):
-        order = epoch_order(len(x), t.seed, epoch, rank, world, t.batch_size)
-        total, started = torch.zeros(2, dtype=torch.float64), time.perf_counter()
-        for idx in order:
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip, foreach=True)
-            opt.step()
-            total += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-        seconds = time.perf_counter() - started
-        dist.all_reduce(total)
-        history.append({"epoch": epoch, "train_loss": (total[0] / total[1]).item(), "seconds": seconds})
-    if rank == 0:
-        Path(args.out).write_text(json.dumps(history))
-    dist.destroy_process_group()
+def best_epochs(runs: list[list[dict]]) -> list[dict]:
+    """Each epoch's best time over the repeats (the machine's noise only ever adds); losses are identical."""
+    return [min(epochs, key=lambda e: e["seconds"]) for epochs in zip(*runs)]
+
+
+def warm_seconds(epochs: list[dict]) -> float:
+    return sum(e["seconds"] for e in (epochs[1:] if len(epochs) > 1 else epochs))
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def report(results: dict[str, list[tuple[list[dict], float]]], args, steps: int) -> None:
+    sides = list(results)
+    best = {s: best_epochs([h for h, _ in results[s]]) for s in sides}
+    others = [s for s in sides if s != "stage"]
+    print(f"\n{args.model}, digits ({args.procs} {'GPU' if args.gpu else 'CPU'} ranks, batch {args.batch_size} a "
+          f"rank, {steps} steps an epoch, {os.cpu_count()} cores; the stage with ZeRO stage {args.zero_stage})")
+    print(f"seconds of training steps per epoch (each epoch's best of {args.repeat} runs), the stage's time over "
+          f"each other side's, and the mean training loss")
+    print(f"{'epoch':>5}" + "".join(f"{SIDES[s] + ' s':>13}" for s in sides)
+          + "".join(f"{RATIO[s]:>9}" for s in others) + "".join(f"{SIDES[s] + ' loss':>16}" for s in sides))
+    for i, rows in enumerate(zip(*best.values())):
+        row = dict(zip(sides, rows))
+        print(f"{i + 1:>5}" + "".join(f"{row[s]['seconds']:13.3f}" for s in sides)
+              + "".join(f"{row['stage']['seconds'] / row[s]['seconds']:9.3f}" for s in others)
+              + "".join(f"{row[s]['train_loss']:16.6f}" for s in sides))
+
+    step_ms = warm_seconds(best["stage"]) / max(len(best["stage"]) - 1, 1) / steps * 1e3
+    print(f"\nper epoch, epochs 2.. (the stage's step: {step_ms:.1f} ms)")
+    for s in others:
+        ratio = warm_seconds(best["stage"]) / warm_seconds(best[s])
+        per_run = sorted(warm_seconds(a) / warm_seconds(b) for (a, _), (b, _) in zip(results["stage"], results[s]))
+        target = {"ddp": ("<= 1.05 where a step takes >= 10 ms" + ("" if step_ms >= 10 else " (not binding here)"),
+                          1.05),
+                  "lightning": ("<= 1.00", 1.0)}.get(s)
+        verdict = f"  target {target[0]}: {'met' if ratio <= target[1] else 'NOT met'}" if target else ""
+        print(f"  stage / {SIDES[s]:<10} {ratio:.3f}{verdict}")
+        print(f"  {'':<10}run by run {' '.join(f'{r:.3f}' for r in per_run)}")
+    diffs = [(f"{SIDES[a]} vs {SIDES[b]}", max(abs(e["train_loss"] - f["train_loss"]) / abs(f["train_loss"])
+                                               for e, f in zip(best[a], best[b])))
+             for i, a in enumerate(sides) for b in sides[i + 1:]]
+    print("largest relative loss difference: " + ", ".join(f"{name} {d:.1e}" for name, d in diffs))
+
+    print(f"\nthe whole run, from process start to exit, {args.epochs} epochs (best of {args.repeat} runs, and the "
+          f"spread); fixed cost: the whole run less its epochs' step time")
+    print(f"{'side':<33}{'whole s':>9}{'spread':>13}{'epochs s':>10}{'fixed s':>9}{'spread':>13}")
+    whole, fixed = {}, {}
+    for s in sides:
+        walls = [w for _, w in results[s]]
+        fixes = [w - sum(e["seconds"] for e in h) for h, w in results[s]]
+        whole[s], fixed[s] = min(walls), min(fixes)
+        print(f"{SIDES[s] + ' (' + LAUNCHED[s] + ')':<33}{whole[s]:9.2f}{spread(walls):>13}"
+              f"{sum(e['seconds'] for e in best[s]):10.2f}{fixed[s]:9.2f}{spread(fixes):>13}")
+    for s in others:
+        verdict = f"  target <= 1.00: {'met' if fixed['stage'] <= fixed[s] else 'NOT met'}" if s == "lightning" else ""
+        print(f"  stage / {SIDES[s]:<10} whole run {whole['stage'] / whole[s]:.2f}, fixed cost "
+              f"{fixed['stage'] / fixed[s]:.2f} ({fixed['stage'] - fixed[s]:+.2f} s){verdict}")
 
 
 def main() -> None:
@@ -142,42 +221,45 @@ def main() -> None:
     ap.add_argument("--model", default="cnn", choices=["mlp", "cnn", "rnn", "transformer"])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--procs", type=int, default=2, help="CPU ranks (with GPUs: every visible GPU, as the stage)")
     ap.add_argument("--zero-stage", type=int, choices=range(4),
                     help="the stage's train.zero_stage (default: params.yaml's); DDP shards nothing")
     ap.add_argument("--copies", type=int, default=4, help="augmented copies of each training row (params.yaml: 1); "
                     "more rows make epochs long enough to time on a busy machine")
     ap.add_argument("--repeat", type=int, default=5, help="runs of each side, interleaved; best time per epoch")
-    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--lightning-defaults", action="store_true",
+                    help="also run Lightning with its defaults (DDP buffer broadcast, logger, checkpoints, bar)")
+    ap.add_argument("--worker", choices=[s for s in SIDES if s != "stage"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        return ddp_worker(args.worker, args)
+    from train_workers import ddp_worker, lightning_worker  # beside this file (sys.path[0])
 
+    if args.worker == "ddp":
+        return ddp_worker(args.work, args)
+    if args.worker:
+        return lightning_worker(args.work, args, defaults=args.worker == "lightning-defaults")
+
+    import torch
+
+    args.gpu = torch.cuda.is_available()
+    if args.gpu:
+        args.procs = torch.cuda.device_count()  # the stage's launcher takes every visible GPU
+    sides = ["stage", "ddp", "lightning"] + (["lightning-defaults"] if args.lightning_defaults else [])
     with tempfile.TemporaryDirectory() as tmp:
         work = prepare(Path(tmp), args.copies)
+        params = stage_params(work, args)
         if args.zero_stage is None:
-            args.zero_stage = yaml.safe_load((work / "params.yaml").read_text())["train"]["zero_stage"]
-        runs = [(run_stage(work, args), run_ddp(work, args)) for _ in range(args.repeat)]  # interleaved
-    # each epoch's best time over the repeats (the machine's noise only ever adds); losses are identical
-    stage = [min(epochs, key=lambda e: e["seconds"]) for epochs in zip(*[r[0] for r in runs])]
-    ddp = [min(epochs, key=lambda e: e["seconds"]) for epochs in zip(*[r[1] for r in runs])]
+            args.zero_stage = params["train"]["zero_stage"]
+        import pyarrow.parquet as pq
 
-    print(f"\n{args.model}, digits ({args.procs} CPU ranks over gloo, batch {args.batch_size} a rank, "
-          f"{os.cpu_count()} cores; the stage with ZeRO stage {args.zero_stage})")
-    print(f"{'epoch':>5}{'stage s':>10}{'DDP s':>10}{'ratio':>8}{'stage loss':>12}{'DDP loss':>12}")
-    for s, d in zip(stage, ddp):
-        print(f"{s['epoch']:>5}{s['seconds']:10.3f}{d['seconds']:10.3f}{s['seconds'] / d['seconds']:8.3f}"
-              f"{s['train_loss']:12.5f}{d['train_loss']:12.5f}")
-    warm = slice(1, None) if len(stage) > 1 else slice(None)
-    ratio = sum(s["seconds"] for s in stage[warm]) / sum(d["seconds"] for d in ddp[warm])
-    loss_diff = max(abs(s["train_loss"] - d["train_loss"]) / abs(d["train_loss"]) for s, d in zip(stage, ddp))
-    per_run = sorted(sum(e["seconds"] for e in s[warm]) / sum(e["seconds"] for e in d[warm]) for s, d in runs)
-    verdict = "met" if ratio <= 1.05 else "NOT met"
-    print(f"\nstage / DDP time per epoch (epochs 2.., each epoch's best of {args.repeat} runs): {ratio:.3f}  "
-          f"target <= 1.05: {verdict}")
-    print(f"the same ratio run by run (noise on this machine): {' '.join(f'{r:.3f}' for r in per_run)}")
-    print(f"largest relative loss difference: {loss_diff:.2e}")
+        rows = pq.ParquetFile(Path(params["paths"]["splits"]) / "train.parquet").metadata.num_rows
+        results = {s: [] for s in sides}
+        run = {"stage": lambda: run_stage(work, args), "ddp": lambda: run_ddp(work, args)}
+        for _ in range(args.repeat):  # interleaved
+            for s in sides:
+                results[s].append(run[s]() if s in run else run_lightning(work, args, s))
+    report(results, args, rows // args.procs // args.batch_size)
 
 
 if __name__ == "__main__":
