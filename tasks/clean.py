@@ -174,7 +174,7 @@ def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: 
          "label_column": label, "classes": classes, "task": manifest.get("task", "classification"),
          "text_column": text, "text": params.text.model_dump(),
          "image_shape": manifest.get("image_shape"), "data_version": manifest.get("version")}
-    t["features"] = transform.feature_names(t)
+    t["features"] = transform.output_columns(t)
     if t["task"] == "regression":  # the model learns the standardised target; evaluate scales it back
         y = transform.as_float64(raw.column(label).filter(mask))
         t["target"] = {"center": float(np.nanmean(y)), "scale": float(np.nanstd(y)) or 1.0}

@@ -113,7 +113,7 @@ def fit_category(name: str, values: pa.ChunkedArray, params: Clean) -> dict:
             "encoding": params.categorical}
 
 
-def feature_names(t: dict) -> list[str]:
+def output_columns(t: dict) -> list[str]:
     names = [c["name"] for c in t["numeric"]]
     for c in t["categorical"]:
         names += [f"{c['name']}={v}" for v in c["categories"]] if c["encoding"] == "onehot" else [c["name"]]
@@ -151,7 +151,7 @@ def _codes(values: pa.Array, categories: list[str], missing: int = -1) -> np.nda
 
 def apply(batch: pa.RecordBatch | pa.Table, t: dict, rows: np.ndarray | None = None
           ) -> tuple[list[pa.Array], pa.Array | None]:
-    """Feature arrays (in feature_names order: float32, one-hot flags boolean; see flag_names) and the
+    """Feature arrays (in output_columns order: float32, one-hot flags boolean; see flag_names) and the
     normalised text column, if any, of the
     batch's rows, or of those where the boolean mask `rows` is true (taken from the arrays, without
     copying the whole batch first)."""

@@ -105,12 +105,12 @@ def precheck(p: Params) -> None:
     refuse_other_world(p.train, zero_stage(cfg), p.paths.checkpoints, fingerprint(p.train, p.paths.splits), world)
 
 
-def refuse_other_world(p: Train, stage: int, checkpoints: Path, fp: str, world: int) -> None:
+def refuse_other_world(p: Train, stage: int, checkpoints: Path, key: str, world: int) -> None:
     """An unfinished run of the same params and data with another number of processes is not silently
     dropped: it cannot go on exactly with this many (each epoch's data order is cut into one shard per
     process, and ZeRO stages 1-3 the optimizer state). Say how to resume it, continue it (reshard) or start
     over; with train.checkpoint.reshard under ZeRO stages 0-2, let train continue it (reshard.py)."""
-    found = to_continue(checkpoints, fp, world, p.epochs)
+    found = to_continue(checkpoints, key, world, p.epochs)
     if found is None:  # none, or this count's own run is further along
         return
     other, tag, old = found

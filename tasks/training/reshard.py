@@ -40,12 +40,12 @@ from tasks.training import checkpoints as ckpt
 from tasks.training.state import LoopState
 
 
-def unfinished_other_world(checkpoints: Path, fp: str, world: int, epochs: int) -> tuple[Path, str, int] | None:
+def unfinished_other_world(checkpoints: Path, key: str, world: int, epochs: int) -> tuple[Path, str, int] | None:
     """The newest good checkpoint of an unfinished run of these params and data written by another number
     of processes: (its run folder, its tag, that number), or None."""
     found = []
-    for other in sorted(checkpoints.glob(f"{fp}-w*")):
-        if other.name == f"{fp}-w{world}":  # not hashed here: train checks this count's own run
+    for other in sorted(checkpoints.glob(f"{key}-w*")):
+        if other.name == f"{key}-w{world}":  # not hashed here: train checks this count's own run
             continue
         tag = ckpt.newest_complete(other, warn=lambda _: None)
         if tag is None:
@@ -59,13 +59,13 @@ def unfinished_other_world(checkpoints: Path, fp: str, world: int, epochs: int) 
     return other, tag, old_world
 
 
-def to_continue(checkpoints: Path, fp: str, world: int, epochs: int) -> tuple[Path, str, int] | None:
+def to_continue(checkpoints: Path, key: str, world: int, epochs: int) -> tuple[Path, str, int] | None:
     """The unfinished other-count run that reshard would continue: one further along than this count's
     own run (whose tags, once it continued another, come after that one's)."""
-    found = unfinished_other_world(checkpoints, fp, world, epochs)
+    found = unfinished_other_world(checkpoints, key, world, epochs)
     if found is None:
         return None
-    own = ckpt.newest_complete(checkpoints / f"{fp}-w{world}", warn=lambda _: None)
+    own = ckpt.newest_complete(checkpoints / f"{key}-w{world}", warn=lambda _: None)
     return found if own is None or found[1] > own else None
 
 
