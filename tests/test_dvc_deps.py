@@ -59,13 +59,7 @@ def closure(module: str, root: Path = ROOT) -> set[Path]:
             continue
         seen.add(name)
         todo.extend(imported_modules(path, root))
-    return {module_file(n, root).relative_to(root) for n in seen if not docstring_only(module_file(n, root))}
-
-
-def docstring_only(path: Path) -> bool:
-    """A package's __init__.py that holds a docstring and nothing else: no behaviour for a dep to track."""
-    body = ast.parse(path.read_text()).body
-    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+    return {module_file(n, root).relative_to(root) for n in seen}
 
 
 def missing_deps(dvc_yaml: dict, root: Path = ROOT) -> dict[str, list[str]]:
@@ -94,7 +88,6 @@ def test_the_closure_follows_imports_inside_functions_and_through_packages(tmp_p
     (tmp_path / "tasks" / "pkg" / "__init__.py").write_text("from tasks.pkg import helper\n")
     (tmp_path / "tasks" / "pkg" / "helper.py").write_text("def f():\n    from models import net\n")
     (tmp_path / "models" / "net.py").write_text("WIDTH = 8\n")
-    (tmp_path / "models" / "__init__.py").write_text('"""Only a docstring: nothing for a dep to track."""\n')
     (tmp_path / "tasks" / "unused.py").write_text("")
     assert closure("tasks.stage", tmp_path) == {Path("tasks/stage.py"), Path("tasks/pkg/__init__.py"),
                                                 Path("tasks/pkg/helper.py"), Path("models/net.py")}
