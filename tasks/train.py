@@ -203,8 +203,8 @@ def end_of_epoch(run: Run, state: LoopState, params: Train, epoch: int, seconds:
     them, and rank 0's are the ones its checkpoint and the model file keep)."""
     import torch.distributed as dist
 
-    totals = torch.tensor([state.loss_sum, state.loss_n], dtype=torch.float64)
-    dist.all_reduce(totals)
+    totals = torch.tensor([state.loss_sum, state.loss_n], dtype=torch.float64, device=run.engine.device)
+    dist.all_reduce(totals)  # on the engine's device: NCCL reduces no CPU tensor
     metrics = [validate(run.engine, run.x_val, run.y_val, run.dtype, params)]
     dist.broadcast_object_list(metrics, src=0)
     return {"epoch": epoch, "train_loss": totals[0].item() / max(totals[1].item(), 1.0), **metrics[0],

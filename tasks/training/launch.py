@@ -51,7 +51,13 @@ def hosts(p: Train, env: dict | None = None) -> dict[str, list[int]]:
     if not torch.cuda.is_available():
         return {"localhost": list(range(p.num_procs))}
     visible = env.get("CUDA_VISIBLE_DEVICES", "").strip()
-    return {"localhost": [int(d) for d in visible.split(",")] if visible else list(range(torch.cuda.device_count()))}
+    if not visible:
+        return {"localhost": list(range(torch.cuda.device_count()))}
+    try:
+        return {"localhost": [int(d) for d in visible.split(",")]}
+    except ValueError:  # DeepSpeed's launcher takes device indices only
+        raise InputError(f"CUDA_VISIBLE_DEVICES={visible!r}: DeepSpeed's launcher needs device indices such as "
+                         f"0,1 (not UUIDs or names)") from None
 
 
 def world_size(p: Train) -> int:

@@ -25,9 +25,9 @@ import pyarrow as pa
 import torch
 from safetensors.torch import save_file
 
-from tasks.data.tables import atomic_path, image_shape_of, sha256_file, tokens_of
+from tasks.data.tables import atomic_path, image_shape_of, sha256_file, tokens_of, write_json
 from tasks.errors import InputError
-from tasks.files import RUN_FILE, split_path
+from tasks.files import DS_CONFIG_FILE, RUN_FILE, split_path
 from tasks.params import Train
 from tasks.training import checkpoints as ckpt
 from tasks.training import reshard
@@ -83,8 +83,6 @@ def run_dir(checkpoints: Path, key: str, world: int) -> Path:
 
 
 def write_run_record(folder: Path, key: str, cfg: dict, params: Train, mcfg: dict, world: int) -> None:
-    from tasks.data.tables import write_json
-    from tasks.files import DS_CONFIG_FILE
 
     write_json(folder / DS_CONFIG_FILE, cfg)  # usable as is with DeepSpeed's --deepspeed_config
     write_json(folder / RUN_FILE, {"fingerprint": key, "deepspeed": cfg, "model": params.model,

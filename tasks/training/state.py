@@ -12,7 +12,7 @@ which DeepSpeed's client_state cannot hold since rank 0 alone writes it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from tasks.params import EarlyStopping
 
@@ -52,6 +52,3 @@ class LoopState:
         best = {"best": entry[metric], "best_tag": tag} if better else {}
         return replace(self, epoch=entry["epoch"] + 1, batch=0, history=[*self.history, entry],
                        bad_epochs=0 if better else self.bad_epochs + 1, loss_sum=0.0, loss_n=0, **best)
-
-    def as_dict(self) -> dict:
-        return asdict(self)

@@ -54,6 +54,9 @@ def test_launcher_uses_every_gpu_else_cpu_ranks(monkeypatch, gpu):
     if gpu:  # CUDA_VISIBLE_DEVICES is respected, as DeepSpeed's runner does
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
         assert world_info(launcher_command(Train())) == {"localhost": [2, 3]}
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2c")
+        with pytest.raises(InputError, match="CUDA_VISIBLE_DEVICES='GPU-8f2c': DeepSpeed's launcher needs device"):
+            launcher_command(Train())
 
 
 def world_info(cmd: list[str]) -> dict:
