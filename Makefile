@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m tasks.training.ops   # DeepSpeed's CPU op, compiled once here rather than by racing ranks
 	touch $@
 
 run: setup          ## the whole pipeline on the default data, by DVC

@@ -89,7 +89,9 @@ def start(params: Train, splits: Path, transform: Path, checkpoints: Path) -> tu
     import torch.distributed as dist
 
     from models import build
+    from tasks.training import ops
 
+    ops.build()  # before init_distributed: compiled once, under a lock a killed rank cannot leave behind
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(params.seed)  # the same initial weights on every rank

@@ -80,6 +80,9 @@ def build_engine(model: torch.nn.Module, cfg: dict):
     """deepspeed.initialize on the model with this config (the launcher's environment set)."""
     import deepspeed
 
+    from tasks.training import ops
+
+    ops.build()  # a no-op once the rank's start has loaded it
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     clip_locally(engine)
     return engine
