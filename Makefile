@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 .PHONY: setup run flow test test-fast lint bench
 
 setup: $(VENV)/.installed
-	python -m tasks.offline_plots   # vega, inlined: `dvc plots show` renders offline
+	python -m tasks.offline_plots   # vega inlined: plots render offline (no npm: DVC's CDN page, and a line)
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.evaluate import CONFUSION_PNG, CURVES_PNG
+from tasks.evaluate import CONFUSION_PNG, CURVES_PNG, read_metrics
 from tasks.ingest import failed_report_path
 from tasks.params import Params, load_params
 
@@ -99,7 +99,7 @@ def publish_training(repo: Path, p: Params) -> None:
 
 
 def publish_evaluation(repo: Path, p: Params) -> None:
-    metrics = json.loads((repo / p.paths.metrics).read_text())
+    metrics = read_metrics(repo / p.paths.metrics, repo / p.paths.per_class)
     if "per_class" in metrics:
         rows = [{"class": c, **{k: round(v, 4) for k, v in m.items()}} for c, m in metrics["per_class"].items()]
         rows.append({"class": "macro", "precision": round(metrics["precision_macro"], 4),

@@ -10,7 +10,7 @@ exactly as `dvc repro` does: a flow run after `dvc repro` executes nothing, and
 a rerun after a failure starts at the failed stage. The run:
 
 - holds its checkout's concurrency slot (one run per checkout at a time) and,
-  while training, the machine's `training-hardware` slot;
+  while training, its share of the machine's `training-hardware` (flows/hardware.py);
 - publishes its plan, the data report, training progress, metrics, figures and
   the model card as artifacts (flows/artifacts.py), and is renamed after the
   data version it trains on;
@@ -35,12 +35,13 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run
 
-from flows import artifacts, plan, trace
+from flows import artifacts, hardware, plan, trace
 from flows.stages import stage_task
 from tasks.data.sources import is_remote
 from tasks.params import Params
 from tasks.registry.dvc_files import read_lock, stage_outs
 from tasks.registry.git import commit_paths
+from tasks.training.launch import world_size
 
 STAGES = ("ingest", "clean", "augment", "train", "evaluate", "register")
 ingest, clean, augment, train, evaluate, register = (stage_task(s) for s in STAGES)
@@ -85,7 +86,7 @@ def run_stages(repo: Path, p: Params, only_if_new_data: bool, train_timeout_s: f
         print("ingest: the data version is unchanged; nothing to retrain")
         return summaries
     summaries += [clean(stage="clean", repo=r, timeout_s=600), augment(stage="augment", repo=r, timeout_s=600)]
-    with slot(hardware_slot):  # no two trainings share the hardware
+    with hardware.share(hardware_slot, world_size(p.train)):  # its share of the machine's devices
         summaries.append(train(stage="train", repo=r, timeout_s=train_timeout_s))
     artifacts.publish_training(repo, p)
     summaries += [evaluate(stage="evaluate", repo=r, timeout_s=600), register(stage="register", repo=r, timeout_s=600)]

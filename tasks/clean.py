@@ -15,7 +15,10 @@ both cores busy:
    Arrow IPC file: Parquet's per-value encoding would take most of the stage.
 
 The fitted transform is saved as JSON and applied unchanged at evaluation and
-prediction time.
+prediction time. The report (reports/clean.json, a DVC metric) counts what was
+done: rows dropped by reason, values filled (missing ones, and inf or -inf
+where the contract allowed them), clipped to the `clean.outliers` quantiles
+and saturated at the transform's limit, each per column.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.data import transform
-from tasks.data.contract import kind_of, missing_mask
-from tasks.data.hashing import assign_splits, first_occurrences, row_hash
+from tasks.data.contract import kind_of, missing_mask, non_finite_mask, unusable_mask
+from tasks.data.hashing import assign_splits, row_hash
+from tasks.data.selection import kept_rows, sorted_classes, split_problems
 from tasks.data.tables import SPLITS, model_schema, read_json, sha256_file, table_writer, write_json
 from tasks.errors import InputError, run_main
 from tasks.params import Clean, load_params
@@ -85,15 +88,6 @@ def ahead(fn: Callable, items: Iterable, workers: int = WORKERS) -> Iterator:
             yield pending.popleft().result()
 
 
-def _sorted_classes(labels: pa.ChunkedArray) -> list[str]:
-    """Distinct labels as strings, numeric labels in numeric order."""
-    uniq = pc.unique(labels.drop_null())
-    if pa.types.is_dictionary(uniq.type):
-        uniq = uniq.dictionary_decode()
-    order = pc.sort_indices(uniq)
-    return pc.cast(uniq.take(order), pa.string()).to_pylist()
-
-
 def scan(raw: Raw, label: str, text: str | None, params: Clean) -> dict:
     """Pass 1: row hashes, key hashes, labels, and which rows a `drop` strategy removes."""
     names = raw.schema.names
@@ -109,7 +103,7 @@ def scan(raw: Raw, label: str, text: str | None, params: Clean) -> dict:
         h = row_hash(batch, names)
         gap = np.zeros(batch.num_rows, bool)
         for c in drop_cols:
-            gap |= missing_mask(pa.chunked_array([batch.column(c)])).to_numpy()
+            gap |= unusable_mask(pa.chunked_array([batch.column(c)])).to_numpy(zero_copy_only=False)
         return h, row_hash(batch, keys) if keys else h, gap, batch.column(label)
 
     rows, key_hashes, gaps, labels = zip(*ahead(hash_batch, raw.batches(params.batch_rows)))  # >= 1 row
@@ -119,14 +113,7 @@ def scan(raw: Raw, label: str, text: str | None, params: Clean) -> dict:
 
 def select(scanned: dict, params: Clean, raw_path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """Rows kept (first of each duplicate, labeled, complete) and each row's split."""
-    h, n = scanned["rows"], len(scanned["rows"])
-    keep = first_occurrences(h)
-    report = {"rows_in": n, "duplicates_dropped": int(n - keep.sum())}
-    labeled = pc.invert(missing_mask(scanned["labels"])).to_numpy(zero_copy_only=False)  # NaN targets too
-    report["unlabeled_dropped"] = int((keep & ~labeled).sum())
-    keep &= labeled
-    report["incomplete_dropped"] = int((keep & scanned["incomplete"]).sum())
-    keep &= ~scanned["incomplete"]
+    keep, report = kept_rows(scanned["rows"], scanned["labels"], scanned["incomplete"])
     if not keep.any():
         raise InputError(f"{raw_path}: no rows left after dropping duplicate, unlabeled and incomplete rows")
     return keep, assign_splits(scanned["keys"], params.split), report
@@ -135,35 +122,29 @@ def select(scanned: dict, params: Clean, raw_path: Path) -> tuple[np.ndarray, np
 def check_split_labels(labels: pa.ChunkedArray, keep: np.ndarray, split: np.ndarray, raw_path: Path,
                        regression: bool = False) -> list[str]:
     """The classes (none for a regression); every split has rows, every label in val or test is in train."""
-    kept = labels.filter(pa.array(keep))
-    sp = split[keep]
-    per = {s: set(_sorted_classes(kept.filter(pa.array(sp == i)))) if not regression else
-           ({"rows"} if (sp == i).any() else set()) for i, s in enumerate(SPLITS)}
-    problems = []
-    for s in SPLITS:
-        if not per[s]:
-            problems.append(f"the {s} split has no rows")
-        elif s != "train" and per[s] - per["train"] and not regression:
-            problems.append(f"label value(s) {sorted(per[s] - per['train'])} are in {s} but in no training row")
+    problems = split_problems(labels, keep, split, regression)
     if problems:
         raise InputError(f"{raw_path}: cannot split: {'; '.join(problems)}; add rows of those classes, or "
                          f"change clean.split (fractions or seed)")
-    return [] if regression else _sorted_classes(kept)
+    return [] if regression else sorted_classes(labels.filter(pa.array(keep)))
 
 
 def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: list[str], params: Clean
         ) -> tuple[dict, dict]:
     """Pass 2: the transform, fitted on training rows, one column in memory per thread; and how many
-    values the kept rows miss, per column."""
+    values of the kept rows are missing, and how many inf or -inf (filled alike), per column."""
     label, text = manifest["label_column"], manifest.get("text_column")
     mask = pa.array(train)
 
-    def fit_column(field: pa.Field) -> tuple[dict, int]:
+    def kept(m: pa.ChunkedArray) -> int:
+        return int(np.count_nonzero(m.to_numpy(zero_copy_only=False) & keep))
+
+    def fit_column(field: pa.Field) -> tuple[dict, int, int]:
         col = raw.column(field.name)
-        missing = int(np.count_nonzero(missing_mask(col).to_numpy(zero_copy_only=False) & keep))
+        gaps = kept(missing_mask(col)), kept(non_finite_mask(col))
         if kind_of(field, text) == "number":
-            return transform.fit_numeric(field.name, transform.as_float64(col.filter(mask)), params), missing
-        return transform.fit_category(field.name, col.filter(mask), params), missing
+            return transform.fit_numeric(field.name, transform.as_float64(col.filter(mask)), params), *gaps
+        return transform.fit_category(field.name, col.filter(mask), params), *gaps
 
     fields = [f for f in raw.schema if f.name not in (label, text)]
     with ThreadPoolExecutor(WORKERS) as pool:  # numpy and Arrow release the GIL: columns fit side by side
@@ -178,28 +159,37 @@ def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: 
     if t["task"] == "regression":  # the model learns the standardised target; evaluate scales it back
         y = transform.as_float64(raw.column(label).filter(mask))
         t["target"] = {"center": float(np.nanmean(y)), "scale": float(np.nanstd(y)) or 1.0}
-    missing = {name: m for name, (_, m) in fitted.items() if m}
-    return t, {"missing_values_filled": sum(missing.values()), "missing_by_column": missing}
+    missing = {name: m for name, (_, m, _) in fitted.items() if m}
+    inf = {name: k for name, (_, _, k) in fitted.items() if k}
+    return t, {"missing_values_filled": sum(missing.values()), "missing_by_column": missing,
+               "non_finite_filled": sum(inf.values()), "non_finite_by_column": inf}
 
 
-def write_clean(raw: Raw, t: dict, keep: np.ndarray, split: np.ndarray, out_path: Path, batch_rows: int) -> None:
+def write_clean(raw: Raw, t: dict, keep: np.ndarray, split: np.ndarray, out_path: Path, batch_rows: int) -> dict:
     """Pass 3: transform every kept row, batch by batch, into the clean table; the next batch is
-    transformed while this one is written."""
+    transformed while this one is written. Returns what was clipped (clean.outliers) and saturated, per
+    column (transform.apply)."""
     schema = model_schema(t["features"], t["image_shape"], t["text_column"], flags=set(transform.flag_names(t)),
                           regression=t["task"] == "regression")
     split_names = pa.array(SPLITS)
 
-    def clean_batch(start: int, batch: pa.RecordBatch) -> pa.RecordBatch:
-        m = keep[start:start + batch.num_rows]
-        arrays, text = transform.apply(batch, t, rows=m)
-        y = transform.label_values(batch.column(t["label_column"]), t)[m]
+    def clean_batch(start: int, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:
+        m, counts = keep[start:start + batch.num_rows], {}  # counts: this batch's own, summed below
+        arrays, text = transform.apply(batch, t, rows=m, counts=counts)
+        y = transform.label_values(batch.column(t["label_column"]).filter(pa.array(m)), t, counts)
         cols = arrays + ([text] if text is not None else [])
         cols += [pa.array(y), split_names.take(pa.array(split[start:start + len(m)][m]))]
-        return pa.RecordBatch.from_arrays(cols, schema=schema)
+        return pa.RecordBatch.from_arrays(cols, schema=schema), counts
 
+    total = {"clipped": {}, "saturated": {}}
     with table_writer(out_path, schema) as writer:
-        for out in ahead(clean_batch, raw.batches(batch_rows)):
+        for out, counts in ahead(clean_batch, raw.batches(batch_rows)):
             writer.write_batch(out)
+            for kind, per in counts.items():
+                for name, k in per.items():
+                    total[kind][name] = total[kind].get(name, 0) + k
+    return {"values_clipped": sum(total["clipped"].values()), "clipped_by_column": total["clipped"],
+            "values_saturated": sum(total["saturated"].values()), "saturated_by_column": total["saturated"]}
 
 
 def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, transform_path: Path,
@@ -220,8 +210,7 @@ def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, tr
     pa.default_memory_pool().release_unused()  # each pass starts from what the data needs, not the last peak
     t, filled = fit(raw, manifest, keep, keep & (split == 0), classes, params)
     pa.default_memory_pool().release_unused()
-    write_clean(raw, t, keep, split, out_path, params.batch_rows)
-    report |= filled
+    report |= filled | write_clean(raw, t, keep, split, out_path, params.batch_rows)
     write_json(transform_path, t)
     report |= {"rows_out": int(keep.sum()), "classes": len(classes), "features": len(t["features"]),
                "split_rows": {s: int((keep & (split == i)).sum()) for i, s in enumerate(SPLITS)}}
@@ -235,8 +224,9 @@ def main() -> None:
         r = clean(p.clean, p.paths.raw, p.paths.raw_manifest, p.paths.clean, p.paths.transform,
                   p.paths.clean_report)
         print(f"clean: {r['rows_in']} rows in, {r['duplicates_dropped']} duplicates, {r['unlabeled_dropped']} "
-              f"unlabeled and {r['incomplete_dropped']} incomplete dropped, {r['missing_values_filled']} values "
-              f"filled, {r['rows_out']} rows out {r['split_rows']}, {r['features']} features")
+              f"unlabeled and {r['incomplete_dropped']} incomplete dropped, {r['missing_values_filled']} missing and "
+              f"{r['non_finite_filled']} inf values filled, {r['values_clipped']} clipped, {r['rows_out']} rows out "
+              f"{r['split_rows']}, {r['features']} features")
 
     run_main(body)
 

@@ -2,10 +2,15 @@
 
     python -m tasks.evaluate          # what `dvc repro evaluate` runs
 
-Writes accuracy, precision, recall and F1 (macro and per class) as DVC
-metrics; the actual/predicted pairs as a DVC confusion plot; and PNG figures
-(confusion matrix, training curves) for people and the Prefect UI. The model
-is rebuilt from its safetensors file alone (tasks/weights.py).
+Writes the headline figures (accuracy, macro precision, recall and F1, test
+rows; MAE, RMSE and R² for a regression) as DVC metrics; the per-class
+precision, recall, F1 and support as a table of their own (paths.per_class, a
+row per class, drawn by `dvc plots show`), so `dvc metrics show` stays a few
+columns wide; the actual/predicted pairs as a DVC confusion plot; and PNG
+figures (confusion matrix, training curves) for people and the Prefect UI. The
+model is rebuilt from its safetensors file alone (tasks/weights.py).
+
+    read_metrics(p.paths.metrics, p.paths.per_class)   # both back as one dict, per_class by class name
 """
 
 from __future__ import annotations
@@ -80,8 +85,31 @@ def evaluate_regression(model, x: np.ndarray, y: np.ndarray, t: dict, params: Ev
     return metrics
 
 
+def per_class_rows(classes: list[str], y: np.ndarray, pred: np.ndarray) -> list[dict]:
+    """One row per class (every class clean saw, in its order): precision, recall, F1 and test support."""
+    p, r, f1, support = precision_recall_fscore_support(y, pred, labels=list(range(len(classes))), zero_division=0)
+    return [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]),
+             "support": int(support[i])} for i, c in enumerate(classes)]
+
+
+def by_class(rows: list[dict]) -> dict:
+    """The per-class table as {class: {precision, recall, f1, support}}."""
+    return {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in rows}
+
+
+def read_metrics(metrics_path: Path, per_class_path: Path) -> dict:
+    """The headline metrics with the per-class table as `per_class` (absent for a regression): what the model
+    card and the Prefect table show. A run from before the split kept `per_class` in the metrics file itself."""
+    metrics = read_json(metrics_path, "evaluation metrics")
+    rows = read_json(per_class_path, "per-class metrics") if Path(per_class_path).exists() else []
+    return metrics | {"per_class": by_class(rows)} if rows else metrics
+
+
 def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path: Path,
-             history_path: Path, metrics_path: Path, confusion_path: Path, figures: Path) -> dict:
+             history_path: Path, metrics_path: Path, confusion_path: Path, figures: Path,
+             per_class_path: Path | None = None) -> dict:
+    """The test metrics (the headline figures, and for classes `per_class` as read_metrics gives it); the
+    per-class table goes to per_class_path when given (the register stage's rerun needs only the figures)."""
     model = rebuild_model(model_path)
     table = read_model_table(test_path)
     t = read_json(transform_path, "clean transform")
@@ -90,22 +118,21 @@ def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path
     if t.get("task") == "regression":
         metrics = evaluate_regression(model, x, y, t, params, confusion_path, figures)
         write_json(metrics_path, metrics)
+        if per_class_path:  # no classes: an empty table, so the declared output exists
+            write_json(per_class_path, [])
         plot_curves(read_json(history_path, "training history"), figures / CURVES_PNG)
         return metrics
     classes = [str(c) for c in t["classes"]]
     pred = predict_classes(model, x, params.batch_size)
 
     labels = list(range(len(classes)))
-    p, r, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     pm, rm, fm, _ = precision_recall_fscore_support(y, pred, labels=labels, average="macro", zero_division=0)
-    metrics = {
-        "accuracy": float(accuracy_score(y, pred)),
-        "precision_macro": float(pm), "recall_macro": float(rm), "f1_macro": float(fm),
-        "test_rows": int(len(y)),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]),
-                          "support": int(support[i])} for i, c in enumerate(classes)},
-    }
+    metrics = {"accuracy": float(accuracy_score(y, pred)), "precision_macro": float(pm), "recall_macro": float(rm),
+               "f1_macro": float(fm), "test_rows": int(len(y))}
     write_json(metrics_path, metrics)
+    rows = per_class_rows(classes, y, pred)
+    if per_class_path:
+        write_json(per_class_path, rows)
     write_json(confusion_path, [{"actual": classes[a], "predicted": classes[b]} for a, b in zip(y, pred)])
 
     figures.mkdir(parents=True, exist_ok=True)
@@ -114,14 +141,14 @@ def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path
     disp.figure_.savefig(figures / CONFUSION_PNG, dpi=110)
     plt.close(disp.figure_)
     plot_curves(read_json(history_path, "training history"), figures / CURVES_PNG)
-    return metrics
+    return metrics | {"per_class": by_class(rows)}
 
 
 def main() -> None:
     def body():
         p = load_params()
         m = evaluate(p.evaluate, p.paths.model, split_path(p.paths.splits, "test"), p.paths.transform,
-                     p.paths.train_history, p.paths.metrics, p.paths.confusion, p.paths.figures)
+                     p.paths.train_history, p.paths.metrics, p.paths.confusion, p.paths.figures, p.paths.per_class)
         shown = ["accuracy", "f1_macro"] if "accuracy" in m else ["mae", "rmse", "r2"]
         print(f"evaluate: test {', '.join(f'{k} {m[k]:.4f}' for k in shown)} on {m['test_rows']} rows "
               f"-> {p.paths.metrics}")

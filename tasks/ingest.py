@@ -9,6 +9,16 @@ the data version: unchanged data gives byte-identical files, so DVC reruns
 nothing downstream; changed data gives a new version, and earlier versions
 stay in DVC's cache and git history (`dvc get . data/raw/table.parquet --rev <commit>`).
 
+Ingest is the single gate: the contract (tasks/data/contract.py) and, given
+the clean params, what clean would refuse of this table (tasks/data/selection.py:
+its split, its fits) are checked before the snapshot is replaced, so a source
+that passes goes through every later stage without a data error.
+
+Only the data makes the version: the source's path is not in the snapshot or
+the manifest (a renamed file of the same bytes is the same data, and nothing
+downstream reruns); it is in the contract report, for people. What an image
+folder holds that is not read is named on stderr and in the report (`skipped`).
+
 The contract report (violations, drift against the previous version) is a
 DVC output describing the current data version. A refused source gets its
 report beside it (`contract.failed.json`, not a DVC output, so the last good
@@ -18,15 +28,17 @@ and the stage fails with every problem listed.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 
 from tasks.data import contract as dc
-from tasks.data.sources import is_remote, read_source
+from tasks.data.selection import clean_refusals
+from tasks.data.sources import MAX_LISTED, is_remote, read_source
 from tasks.data.tables import read_json, sha256_file, write_json, write_table
 from tasks.errors import InputError, run_main
-from tasks.params import Contract, Ingest, load_params
+from tasks.params import Clean, Contract, Ingest, load_params
 
 
 def _plain(table: pa.Table) -> pa.Table:
@@ -47,17 +59,33 @@ def _previous(manifest_path: Path, report_path: Path) -> tuple[dict | None, dict
         return None, None
 
 
+def warn_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _warn_skipped(skipped: tuple[str, ...], warn) -> None:
+    for entry in skipped[:MAX_LISTED]:
+        warn(f"ingest: warning: skipped {entry}")
+    if len(skipped) > MAX_LISTED:
+        warn(f"ingest: warning: and {len(skipped) - MAX_LISTED} more skipped (all in the contract report)")
+
+
 def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Path, report_path: Path,
-           log=print) -> dict:
-    """Snapshot the source into `raw_path` if it keeps the contract; return the manifest."""
+           log=print, clean: Clean | None = None, warn=warn_stderr) -> dict:
+    """Snapshot the source into `raw_path` if it keeps the contract (and, given `clean`, clean would take it);
+    return the manifest."""
     source = read_source(params, log)
+    _warn_skipped(source.skipped, warn)
     table = _plain(source.table)
-    violations = dc.check(table, contract, params)
-    prof = dc.profile(table, params.label_column, params.text_column, params.task == "regression") if not any(
-        v["check"] in ("columns", "type") for v in violations) else None
+    violations = dc.check(table, contract, params, source.where or dc.row_number)
+    readable = not any(v["check"] in ("columns", "type") for v in violations)
+    if clean is not None and readable:
+        violations += clean_refusals(table, params, clean, {v["column"] for v in violations})
+    prof = dc.profile(table, params.label_column, params.text_column, params.task == "regression") if readable \
+        else None
     old_manifest, old_report = _previous(manifest_path, report_path)
     report = {"source": params.source, "source_sha256": source.sha256, "rows": table.num_rows,
-              "violations": violations, "drift": {"against": None, "exceeded": []}}
+              "violations": violations, "drift": {"against": None, "exceeded": []}, "skipped": list(source.skipped)}
     if prof is not None:
         prof["version"] = None  # filled in below once the snapshot's hash is known
         same = old_manifest and old_manifest.get("source_sha256") == source.sha256
@@ -77,7 +105,7 @@ def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Pa
     digest = sha256_file(raw_path)
     prof["version"] = digest[:16]
     manifest = {
-        "version": digest[:16], "sha256": digest, "source": params.source, "source_sha256": source.sha256,
+        "version": digest[:16], "sha256": digest, "source_sha256": source.sha256,
         "files": source.files, "rows": table.num_rows, "label_column": params.label_column, "task": params.task,
         "text_column": params.text_column,
         "image_shape": list(params.image_shape) if params.image_shape else None,
@@ -96,9 +124,9 @@ def main() -> None:
         if local and not Path(src).resolve().is_relative_to(p.paths.sources.resolve()):
             print(f"ingest: warning: {src} is outside {p.paths.sources}/, so DVC will not rerun "
                   f"ingest when it changes; move it there", flush=True)
-        m = ingest(p.ingest, p.contract, p.paths.raw, p.paths.raw_manifest, p.paths.contract_report)
+        m = ingest(p.ingest, p.contract, p.paths.raw, p.paths.raw_manifest, p.paths.contract_report, clean=p.clean)
         print(f"ingest: data version {m['version']}: {m['rows']} rows, {len(m['schema'])} columns "
-              f"from {m['source']} -> {p.paths.raw}")
+              f"from {p.ingest.source} -> {p.paths.raw}")
 
     run_main(body)
 

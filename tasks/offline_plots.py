@@ -12,6 +12,13 @@ this module, through DVC's own config reader. When that file is missing, DVC
 takes the path itself for the page and fails with "HTML template has to contain
 '{plot_divs}'": run this module.
 
+Without npm (a machine with only Python, git and make) this is no reason to
+stop `make run`: the template written then is DVC's own page (dvc-render's,
+`{scripts}` and all), so `dvc plots show` works as it does without a
+template, its pages loading vega from DVC's CDN (they render online only), and
+one line says how to get the offline page later: install npm, run this module.
+A later run with npm replaces it (its stamp says it is the CDN page).
+
 The JavaScript is third-party code: it is never committed. It comes from the
 npm registry at setup time (`npm pack`, exact versions, each tarball checked
 against the integrity hash pinned below), and the template is gitignored.
@@ -76,8 +83,15 @@ PAGE_TAIL = """</head>
 """
 
 
+CDN_STAMP = "<!-- offline-plots: none, vega from DVC's CDN (install npm, run `python -m tasks.offline_plots`) -->"
+
+
 class SetupError(RuntimeError):
     """The template cannot be built; the message says what to do."""
+
+
+class NoNpm(SetupError):
+    """npm is not installed: the page can load vega from DVC's CDN meanwhile."""
 
 
 def template_path(repo: Path) -> Path:
@@ -107,7 +121,7 @@ def fetch(folder: Path) -> dict[str, str]:
     """`npm pack` the pinned packages into folder; each one's browser bundle, checked against its pin."""
     npm = shutil.which("npm")
     if npm is None:
-        raise SetupError(f"npm not found: install Node.js and npm (Debian: `apt-get install -y nodejs npm`), {RERUN}")
+        raise NoNpm(f"npm not found: install Node.js and npm (Debian: `apt-get install -y nodejs npm`), {RERUN}")
     specs = [f"{p.name}@{p.version}" for p in PACKAGES]
     cmd = [npm, "pack", "--ignore-scripts", "--pack-destination", str(folder), *specs]
     res = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300)
@@ -150,10 +164,25 @@ def build(dest: Path) -> bool:
     return True
 
 
+def write_cdn_page(dest: Path) -> None:
+    """DVC's own page (dvc-render's template: DVC fills `{scripts}` with its CDN tags), stamped as such."""
+    from dvc_render.html import PAGE_HTML
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    partial.write_text(PAGE_HTML.replace(DOCTYPE, DOCTYPE + "\n" + CDN_STAMP, 1), encoding="utf8")
+    os.replace(partial, dest)
+
+
 def main() -> None:
     try:
         dest = template_path(Path.cwd())
         wrote = build(dest)
+    except NoNpm:
+        write_cdn_page(dest)
+        print("offline_plots: npm not found, so `dvc plots show` pages load vega from a CDN and render online "
+              "only; for pages that render offline, install npm and run `python -m tasks.offline_plots`", flush=True)
+        return
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -22,6 +22,8 @@ classes, `probability` (of the predicted class).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -74,8 +76,74 @@ def _csv(path: Path, prep: Preprocessing) -> Iterator[pa.RecordBatch]:
                                                                      strings_can_be_null=True))
         yield from reader
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot be read as the model's source was ({str(e).splitlines()[0]}); "
+        where = _where(path, ing, read.column_names, str(e)) if isinstance(e, pa.ArrowInvalid) else None
+        raise InputError(where or f"{path}: cannot be read as the model's source was ({str(e).splitlines()[0]}); "
                          f"expected columns {', '.join(names[:8])}... of types {_types(prep)}") from None
+
+
+# pyarrow names a bad value or row by the column's position and the text alone
+BAD_VALUE = re.compile(r"In CSV column #(\d+): CSV conversion error to (\S+): invalid value '(.*)'", re.S)
+BAD_ROW = re.compile(r"CSV parse error: Expected (\d+) columns, got (\d+)")
+
+
+def _where(path: Path, ing: dict, given_names: list[str], message: str) -> str | None:
+    """pyarrow's error about a value or a row, with the column's name and the file's 1-based line (the
+    header counted), found by reading the file once more with Python's csv module; None for another error."""
+    with contextlib.closing(_csv_rows(path, ing)) as rows:
+        return _located(path, given_names or next(rows, (0, []))[1], rows, message)  # a header: the first record
+
+
+def _located(path: Path, names: list[str], rows: Iterator[tuple[int, list[str]]], message: str) -> str | None:
+    if m := BAD_VALUE.search(message):
+        col, kind, value = int(m[1]), m[2], m[3]
+        line = next((n for n, fields in rows if col < len(fields) and fields[col] == value), None)
+        name = names[col] if col < len(names) else f"#{col + 1}"
+        return (f"{path}: {f'line {line}, ' if line else ''}column {name!r}: {value!r} is not a valid {kind}, "
+                f"the type the model's source had in that column")
+    if m := BAD_ROW.search(message):
+        expected, got = int(m[1]), int(m[2])
+        line = next((n for n, fields in rows if len(fields) == got), None)
+        return (f"{path}: {f'line {line}: ' if line else ''}{got} values where the header has {expected} "
+                f"({', '.join(names[:8])}{'...' if len(names) > 8 else ''})")
+    return None
+
+
+JSON_CHANGED = re.compile(r"Column\(/(.+?)\) changed from (\w+) to (\w+) in row \d+")  # the row: in its block
+JSON_KINDS = {"string": str, "number": (int, float), "boolean": bool, "object": dict, "array": list}
+
+
+def _jsonl_where(path: Path, message: str) -> str | None:
+    """pyarrow's "Column(/x1) changed from number to string", with the file's 1-based line where it first does."""
+    m = JSON_CHANGED.search(message)
+    if not m or m[3] not in JSON_KINDS:
+        return None
+    col, was, kind = m[1], m[2], JSON_KINDS[m[3]]
+    with open(path, encoding="utf8", errors="replace") as f:
+        line = next((n for n, text in enumerate(f, 1) if text.strip() and _kind_of(text, col, kind)), None)
+    return f"{path}: {f'line {line}, ' if line else ''}column {col!r}: a {m[3]} where earlier lines have a {was}"
+
+
+def _kind_of(text: str, col: str, kind) -> bool:
+    import json
+
+    try:
+        value = json.loads(text).get(col)
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def _csv_rows(path: Path, ing: dict) -> Iterator[tuple[int, list[str]]]:
+    """(the 1-based line a record starts on, its fields) of a CSV file, as ingest's params read it."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding=ing.get("encoding", "utf8"), errors="replace", newline="") as f:
+        reader, start = csv.reader(f, delimiter=ing.get("delimiter", ",")), 1
+        for fields in reader:
+            yield start, fields
+            start = reader.line_num + 1
 
 
 def table_batches(path: Path, prep: Preprocessing, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -100,7 +168,8 @@ def table_batches(path: Path, prep: Preprocessing, batch_rows: int) -> Iterator[
     except FileNotFoundError:
         raise InputError(f"{path}: input file not found") from None
     except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: not a readable {fmt} file ({str(e).splitlines()[0]})") from None
+        where = _jsonl_where(path, str(e)) if fmt == "jsonl" and isinstance(e, pa.ArrowInvalid) else None
+        raise InputError(where or f"{path}: not a readable {fmt} file ({str(e).splitlines()[0]})") from None
 
 
 def image_batches(files: list[Path], prep: Preprocessing, batch_rows: int) -> Iterator[tuple[list, pa.RecordBatch]]:

@@ -15,6 +15,15 @@ moves to the new version only when the promotion policy in params.yaml
 allows (tasks.registry.policy.decide); the decision and its reason are in the
 lineage and in the version's git note. Version allocation, commit and tags
 run under the registry lock, so concurrent registrations get distinct versions.
+
+One model is one version: a model whose identity (the sha256 of its weights,
+its preprocessing and its splits; tasks/registry/compare.py) a version of the
+same name already has adds no version and no tag: the stage says which version
+it is and exits 0, leaving that version's lineage and card in the checkout.
+Nothing is written before every check has passed: the lineage and the card are
+rendered first, replace the old files atomically, and are put back as they
+were (the last committed ones where DVC removed them) if the commit or the tag
+fails.
 """
 
 from __future__ import annotations
@@ -22,16 +31,19 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from tasks.data.sources import IMAGE_SUFFIXES, is_remote, resolve_local
 from tasks.data.tables import atomic_path, read_json, sha256_file, write_json
 from tasks.errors import InputError, run_main
 from tasks.files import RUN_FILE, TOKENIZER_FILE, split_path
 from tasks.params import Params, Register, load_params
-from tasks.registry import decide, move_stage, read_lineage, record_decision, stage_holder
+from tasks.registry import Version, decide, move_stage, read_lineage, record_decision, stage_holder, version_paths
+from tasks.registry.compare import identity, same_version, signature, test_split
 from tasks.registry.dvc_files import DVC_YAML, LOCK, artifacts, data_hashes, read_lock
-from tasks.registry.git import author, commit_paths, git, registry_lock
+from tasks.registry.git import author, commit_paths, git, read_bytes_at, registry_lock
 from tasks.registry.model_card import render
 from tasks.weights import parse_weights
 
@@ -41,12 +53,6 @@ CODE = ("tasks", "models", "configs", "flows")  # uncommitted changes here make 
 def check_inputs(params: Register, model_path: Path, metrics: dict) -> dict:
     """The artifact is declared, the model is a safetensors file (never a pickle), the metric exists."""
     problems, declared = [], artifacts()
-    if params.name not in declared:
-        problems.append(f"register.name {params.name!r} is not declared in dvc.yaml artifacts "
-                        f"(declared: {', '.join(declared) or 'none'})")
-    elif Path(declared[params.name]["path"]) != model_path:
-        problems.append(f"dvc.yaml artifact {params.name!r} points at {declared[params.name]['path']}, "
-                        f"not at the trained model {model_path}")
     meta = {}
     try:
         _, meta = parse_weights(model_path.read_bytes(), str(model_path))
@@ -58,9 +64,21 @@ def check_inputs(params: Register, model_path: Path, metrics: dict) -> dict:
         problems.append(f"register.metric {params.metric!r} is not a number in the metrics file")
     if git("rev-parse", "--is-inside-work-tree", check=False) != "true":
         problems.append("registering needs a git repository (versions are git tags)")
+    if params.name in declared and Path(declared[params.name]["path"]) != model_path:
+        problems.append(f"dvc.yaml artifact {params.name!r} points at {declared[params.name]['path']}, "
+                        f"not at the trained model {model_path}")
+    if params.name not in declared:  # last: the lines to add end the message
+        problems.append(f"register.name {params.name!r} is not declared in dvc.yaml artifacts "
+                        f"(declared: {', '.join(declared) or 'none'}); a model of its own needs an entry of its "
+                        f"own: add under `artifacts:` in dvc.yaml\n{artifact_entry(params.name, model_path)}")
     if problems:
         raise InputError("register: " + "; ".join(problems))
     return meta
+
+
+def artifact_entry(name: str, model_path: Path) -> str:
+    """The dvc.yaml `artifacts:` entry that declares model `name` (what check_inputs asks for)."""
+    return f"  {name}:\n    path: {Path(model_path).as_posix()}\n    type: model\n"
 
 
 def next_version(name: str) -> str:
@@ -138,27 +156,81 @@ def preprocessing_record(p: Params) -> dict:
             "tokenizer": {"path": str(tok), "sha256": sha256_file(tok)} if tok.exists() else None}
 
 
+def lock_own_entry() -> None:
+    """Under `dvc repro`, write this stage's own dvc.lock entry before the commit, with DVC's own code, as
+    DVC writes it once the stage has exited: the version's commit then holds the whole dvc.lock, and the
+    tree is clean after the run. Outside DVC (a Python caller, a test) there is no entry to write."""
+    from dvc.repo import Repo
+
+    name = os.environ.get("DVC_STAGE")
+    if not name:
+        return
+    with Repo(".") as repo:
+        (stage,) = repo.stage.collect(name)
+        stage.save(run_cache=False)
+        stage.dump(update_pipeline=False)
+
+
 def commit_state(p: Params, message: str) -> str:
     """Commit what the version must point at: dvc.yaml/lock, params, small outputs (only these paths:
     whatever else the user has staged stays staged, uncommitted)."""
-    paths = [DVC_YAML, LOCK, "params.yaml", p.paths.metrics, p.paths.lineage, p.paths.model_card,
-             p.paths.train_history, p.paths.confusion, p.paths.figures, p.paths.clean_report]
+    paths = [DVC_YAML, LOCK, "params.yaml", p.paths.metrics, p.paths.per_class, p.paths.lineage, p.paths.model_card,
+             p.paths.train_history, p.paths.train_live, p.paths.confusion, p.paths.figures, p.paths.clean_report,
+             p.paths.contract_report]
+    lock_own_entry()
     # the .gitignore files DVC wrote for its outputs (never ones git itself ignores)
     paths += git("ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore").splitlines()
     paths = [str(x) for x in paths if Path(x).exists()]
     return commit_paths(".", message, paths) or git("rev-parse", "HEAD")
 
 
+def trained_data(p: Params) -> tuple[dict, dict]:
+    """The manifest and the fitted transform, checked to be of one data version (the one trained on)."""
+    manifest = read_json(p.paths.raw_manifest, "ingest manifest")
+    transform = read_json(p.paths.transform, "clean transform")
+    fitted, snap = transform.get("data_version"), manifest.get("version")
+    if fitted and snap and fitted != snap:
+        raise InputError(f"register: {p.paths.raw_manifest} is data version {snap}, but {p.paths.transform} was "
+                         f"fitted on {fitted}: the model was not trained on this data; run the pipeline "
+                         f"(dvc repro) before registering")
+    return manifest, transform
+
+
+def trained_source(p: Params, manifest: dict) -> str:
+    """Where the data version came from: the contract report of that version (ingest names the source
+    there, not in the manifest, which holds only the data), else an older manifest, else params."""
+    try:
+        report = read_json(p.paths.contract_report, "data contract report")
+    except InputError:
+        report = {}
+    if report.get("source") and report.get("version") == manifest.get("version"):
+        return report["source"]
+    return manifest.get("source") or p.ingest.source
+
+
+def input_record(p: Params, manifest: dict) -> dict:
+    """What the model was trained on, as ingest snapshotted it: the model card's data section."""
+    return {"kind": input_kind(p), "source": trained_source(p, manifest), "columns": raw_columns(p.paths.raw),
+            "rows": manifest.get("rows"), "label_column": manifest.get("label_column"),
+            "labels": (manifest.get("profile") or {}).get("labels")}
+
+
 def record(p: Params, metrics: dict, meta: dict, flow_run_id: str | None) -> dict:
     """Everything the lineage says that does not depend on the registry's state."""
-    manifest = read_json(p.paths.raw_manifest, "ingest manifest")
+    manifest, transform = trained_data(p)
     run = read_json(p.paths.checkpoints / meta.get("run", "") / RUN_FILE, "training run record")
     dirty = [line[3:] for line in git("status", "--porcelain", "--", *CODE).splitlines()]
+    pre = preprocessing_record(p)
+    sig = signature(transform)
     rec = {
         "artifact": p.register.name,
         "model": {"path": str(p.paths.model), "sha256": sha256_file(p.paths.model)},
-        "preprocessing": preprocessing_record(p),
-        "input": {"kind": input_kind(p), "columns": raw_columns(p.paths.raw), "rows": manifest.get("rows")},
+        "preprocessing": pre, "signature": sig,
+        "identity": identity(p.paths.model, p.paths.transform, pre["tokenizer"] and Path(pre["tokenizer"]["path"]),
+                             p.paths.splits),
+        "test_split": test_split(read_json(p.paths.confusion, "evaluation confusion pairs"))
+        if sig["task"] == "classification" else None,
+        "input": input_record(p, manifest),
         "data": data_hashes(read_lock()), "data_version": manifest.get("version"),
         "contract": contract_status(p, manifest),
         "params": p.model_dump(mode="json", by_alias=True),
@@ -172,28 +244,74 @@ def record(p: Params, metrics: dict, meta: dict, flow_run_id: str | None) -> dic
     return rec
 
 
+@contextmanager
+def restored_on_failure(paths: list[Path]) -> Iterator[Callable[[], None]]:
+    """The files as they were if the block fails before it calls the `keep()` it is given: their old
+    bytes, or the last committed ones where they are gone (DVC removes a stage's outputs before it runs),
+    or no file."""
+    old = {path: path.read_bytes() if path.exists() else read_bytes_at("HEAD", path) for path in paths}
+    kept: list[bool] = []
+    try:
+        yield lambda: kept.append(True)
+    except BaseException:
+        if not kept:
+            for path, data in old.items():
+                write_bytes(path, data)
+        raise
+
+
+def write_bytes(path: Path, data: bytes | None) -> None:
+    """`path` holds `data` (atomically), or no file for None."""
+    if data is None:
+        Path(path).unlink(missing_ok=True)
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def show_version(p: Params, v: Version) -> dict:
+    """The checkout's lineage and card become those committed with version `v` (this very model)."""
+    lineage, committed = read_lineage(v), version_paths(v.commit)
+    for key, path in (("lineage", p.paths.lineage), ("model_card", p.paths.model_card)):
+        write_bytes(path, read_bytes_at(v.commit, committed.get(key, path)))
+    return lineage | {"commit": v.commit, "same_as": str(v)}
+
+
 def register(p: Params, flow_run_id: str | None = None) -> dict:
+    """A new version of register.name with its lineage and card, the stage moved if the policy allows; or,
+    for a model already registered under that name, that version (`same_as`) and nothing new."""
+    with restored_on_failure([p.paths.lineage, p.paths.model_card]) as keep:  # until tagged, a failure
+        return _register(p, flow_run_id, keep)                                   # changes neither
+
+
+def _register(p: Params, flow_run_id: str | None, keep: Callable[[], None]) -> dict:
     import gto.api
 
+    from tasks.evaluate import read_metrics  # with the per-class table: the card's "Per class"
+
     params = p.register
-    metrics = read_json(p.paths.metrics, "evaluation metrics")
+    metrics = read_metrics(p.paths.metrics, p.paths.per_class)
     meta = check_inputs(params, p.paths.model, metrics)
     value = float(metrics[params.metric])
     rec = record(p, metrics, meta, flow_run_id)
     history = read_json(p.paths.train_history, "training history")
     with registry_lock():  # from reading the stage to the last tag: one registration at a time
+        same = same_version(params.name, rec["identity"])
+        if same:
+            return show_version(p, same)
         held = stage_holder(params.name, params.stage)
         decision = decide(params, params.stage, rec, (held.version, read_lineage(held)) if held else None)
         version = next_version(params.name)
         lineage = rec | {"version": version, "promotion": decision,
                          "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        card = render(lineage, metrics, history, params.card)  # every check passed before anything is written
         write_json(p.paths.lineage, lineage)
-        with atomic_path(p.paths.model_card) as tmp:
-            tmp.write_text(render(lineage, metrics, history, params.card))
+        write_bytes(p.paths.model_card, card.encode())
         commit = commit_state(p, f"Register {params.name} {version}: {params.metric} {value:.4f}")
         name, email = author()
         gto.api.register(".", params.name, commit, version=version, author=name, author_email=email,
                          message=f"{params.name} {version}: {params.metric}={value:.4f}")
+        keep()  # the version exists: its lineage and card stay, whatever fails next
         record_decision(commit, {"action": "register", "version": version, **decision})
         if decision["promote"]:
             move_stage(params.name, params.stage, version, f"{params.stage}: {decision['reason']}")
@@ -204,6 +322,10 @@ def main() -> None:
     def body():
         p = load_params()
         r = register(p, os.environ.get("PREFECT__FLOW_RUN_ID"))
+        if r.get("same_as"):
+            print(f"register: same as {r['same_as']}: weights, preprocessing and data unchanged; no new version "
+                  f"(its lineage and model card are in {p.paths.lineage} and {p.paths.model_card})")
+            return
         moved = "promoted to" if r["promotion"]["promote"] else "not promoted to"
         print(f"register: {r['artifact']} {r['version']} at {r['commit'][:8]}; {moved} "
               f"{r['promotion']['stage']}: {r['promotion']['reason']}")

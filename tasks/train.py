@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from tasks.data.tables import read_json, write_json
 from tasks.errors import run_main
@@ -41,8 +40,9 @@ from tasks.training import run as runs
 from tasks.training.agreement import PREEMPTED, Agreement, NonFiniteLoss, Preemption
 from tasks.training.data import epoch_batches, input_dtype, load_split
 from tasks.training.engine import build_engine, ds_config, zero_stage
-from tasks.training.live import Live
+from tasks.training.live import Live, deepspeed_output, progress
 from tasks.training.loss import improved, l1_penalty, loss_fn, validate
+from tasks.training.pruning import TrialReport
 from tasks.training.state import LoopState
 
 
@@ -92,7 +92,8 @@ def start(params: Train, splits: Path, transform: Path, checkpoints: Path) -> tu
     from tasks.training import ops
 
     ops.build()  # before init_distributed: compiled once, under a lock a killed rank cannot leave behind
-    deepspeed.init_distributed()
+    with deepspeed_output(params.verbose):  # its start-up lines only if train.verbose
+        deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(params.seed)  # the same initial weights on every rank
     if params.deterministic:
@@ -152,12 +153,12 @@ def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model
     engine, rank, es = run.engine, run.rank, params.early_stopping
     live = Live(live_dir, state.history) if rank == 0 else None
     agreed = Agreement(preemption, rank, engine.device)
+    trial = TrialReport.from_env(rank)  # inside a search: report epochs to the study, obey its pruner
     for epoch in range(state.epoch, params.epochs + 1):
         if state.stopped_early(es):
             break
         order = epoch_batches(len(run.x), params, epoch, rank, run.world, state.resharded)
-        bar = tqdm(total=len(order), initial=state.batch, desc=f"epoch {epoch}/{params.epochs}",
-                   disable=rank != 0, leave=False, file=sys.stdout)
+        bar = progress(len(order), state.batch, f"epoch {epoch}/{params.epochs}", rank)  # on a terminal only
         started, done = time.perf_counter(), len(order)
         loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=engine.device)  # no host sync a step
         for b in range(state.batch, len(order)):
@@ -193,6 +194,12 @@ def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model
             write_json(history_path, state.history)
             print(f"train: epoch {epoch}/{params.epochs} " + " ".join(
                 f"{k} {v:.4f}" for k, v in entry.items() if k != "epoch") + (" (best)" if better else ""), flush=True)
+        if trial is not None and epoch < params.epochs and trial.prune(epoch, entry, engine.device):
+            say(rank, f"train: pruned by the search after epoch {epoch}; the model is the best epoch's "
+                      f"({state.best_tag})")
+            if live is not None:
+                live.mark("pruned_at_epoch", epoch)
+            break
     if state.stopped_early(es):
         say(rank, f"train: early stop: {es.metric} did not improve for {es.patience} epoch(s); "
                   f"best {state.best:.4f} at {state.best_tag}")
@@ -238,10 +245,10 @@ def say(rank: int, line: str) -> None:
 def main() -> None:
     p = run_main(load_params)
     if "LOCAL_RANK" not in os.environ:  # the DVC side: check, then start the ranks
-        from tasks.training.launch import launch, launcher_command, precheck, threads_per_rank
+        from tasks.training.launch import launch, launcher_command, launcher_env, precheck
 
         run_main(lambda: precheck(p))
-        code = launch(launcher_command(p.train), threads_per_rank(p.train))
+        code = launch(launcher_command(p.train), launcher_env(p.train))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # with torch loaded, the interpreter's own teardown takes 0.6-0.8 s (benchmarks/startup.py)

@@ -72,6 +72,20 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """The SQLAlchemy URL of a real PostgreSQL server on 127.0.0.1 (Debian's package), for the session.
+    Its folder is made outside pytest's own (which only root may enter: the server runs as `postgres`)."""
+    from tests.postgres import binaries, postgres_server
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's package)")
+    folder = Path(tempfile.mkdtemp(prefix="dagtrain-pg-"))
+    with postgres_server(folder) as url:
+        yield url
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def s3(monkeypatch):
     """(boto3 client, endpoint_url) of a moto S3 server on 127.0.0.1 with a bucket 'data'."""

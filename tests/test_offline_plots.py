@@ -6,7 +6,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +68,34 @@ def test_build_is_idempotent_and_says_what_to_run_without_npm(plots_repo, tmp_pa
     with pytest.raises(offline_plots.SetupError, match=r"npm not found.*python -m tasks.offline_plots"):
         offline_plots.build(tmp_path / "new.html")
     assert not (tmp_path / "new.html").exists()
+
+
+def test_without_npm_setup_goes_on_and_plots_load_vega_from_dvcs_cdn(plots_repo, tmp_path):
+    """A machine with only Python, git and make: `make setup` must not stop `make run` for want of npm. On
+    PATH here: a folder with git alone, and the virtualenv's bin (python, dvc; no npm), as the Makefile's."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "git").symlink_to(shutil.which("git"))
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{bare}", "PYTHONPATH": str(ROOT)}
+    assert shutil.which("npm", path=env["PATH"]) is None
+    repo = tmp_path / "repo"
+    shutil.copytree(plots_repo, repo, ignore=shutil.ignore_patterns("dvc_plots"))
+    template = offline_plots.template_path(repo)
+    template.unlink()  # as in a fresh clone
+    res = subprocess.run([sys.executable, "-m", "tasks.offline_plots"], cwd=repo, env=env, capture_output=True,
+                         text=True)
+    said = (res.stdout + res.stderr).strip().splitlines()
+    assert res.returncode == 0 and len(said) == 1, said  # one line: how to get the offline page later
+    assert "install npm" in said[0] and "python -m tasks.offline_plots" in said[0]
+    page = template.read_text()
+    assert "{scripts}" in page and "{plot_divs}" in page and not offline_plots.is_current(template)
+    shown = subprocess.run(["dvc", "plots", "show"], cwd=repo, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    html = (repo / "dvc_plots" / "index.html").read_text()
+    assert re.search(r"<script[^>]*\ssrc\s*=\s*[\"']?https://[^\"']*vega", html)  # DVC's CDN tags
+    assert html.count("vegaEmbed('#") == 2
+    assert offline_plots.build(template) is True  # with npm (this PATH): the offline page replaces it
+    assert offline_plots.is_current(template)
 
 
 @pytest.fixture(scope="module")

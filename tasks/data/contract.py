@@ -1,26 +1,41 @@
 """The data contract: what a source must look like before any training time is spent.
 
-    report = check(table, contract, ingest_params, path)    # at ingest
-    check_model_table(table, path, n_classes)               # at every later boundary
+    violations = check(table, contract, ingest_params, where)    # at ingest
+    check_model_table(table, path, n_classes)                    # at every later boundary
 
 `check` collects every violation at once (column, how many rows, example
 rows) instead of stopping at the first; `profile` summarises a data version
 (per-column statistics, label counts) and `drift` compares two profiles. The
 report is saved by ingest as a DVC output and published by the Prefect flow.
+
+Ingest is the single gate: what the contract accepts, the later stages can
+use. So it also refuses what they would refuse or quietly spoil: inf and -inf
+(unless `allow_non_finite`, then clean treats them as missing), values beyond
+float32's range (the features from clean on are float32), names the pipeline's
+own tables use (label, split), a label with one class, a constant or
+non-finite regression target. What depends on clean's params (its split, its
+fits) is checked beside this, by tasks/data/selection.py. An example row is
+named by `where(i)` of the source (sources.py: a CSV line as an editor counts
+it, a JSON line, a Parquet row, an image file); without one, "row i+1".
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.data.tables import LABEL, SPLIT
 from tasks.errors import InputError
-from tasks.params import Contract, Drift, Ingest
+from tasks.params import ColumnRule, Contract, Drift, Ingest
 
 TOP_VALUES = 20  # category values kept in a profile
+F32_MAX = float(np.finfo(np.float32).max)  # about 3.4e38: the largest feature value from clean on
 
 
 def kind_of(field: pa.Field, text_column: str | None) -> str | None:
@@ -41,9 +56,41 @@ def missing_mask(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return mask
 
 
-def _row_examples(mask: pa.ChunkedArray | np.ndarray, col: pa.ChunkedArray, n: int) -> list[str]:
+def non_finite_mask(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """inf or -inf in a float column; false everywhere else (and for missing values)."""
+    if pa.types.is_floating(col.type):
+        return pc.fill_null(pc.is_inf(col), False)
+    return pc.and_kleene(pc.is_valid(col), pa.scalar(False))
+
+
+def unusable_mask(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """What clean treats as missing: null, NaN, and (once the contract allowed them) inf and -inf."""
+    return pc.or_(missing_mask(col), non_finite_mask(col))
+
+
+def count(mask) -> int:
+    return int(pc.sum(mask).as_py() or 0)
+
+
+def as_float(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A numeric column as float64; integers beyond 2**53 rounded, not refused (Arrow's safe cast would)."""
+    return pc.cast(col, pa.float64(), safe=False)
+
+
+def row_number(i: int) -> str:
+    """How an example row is named when the source says nothing better (sources.py gives lines, files)."""
+    return f"row {i + 1}"
+
+
+def _row_examples(mask: pa.ChunkedArray | np.ndarray, col: pa.ChunkedArray, n: int,
+                  where: Callable[[int], str] = row_number) -> list[str]:
     idx = np.flatnonzero(np.asarray(mask))[:n]
-    return [f"row {i + 1}: {col[int(i)].as_py()!r}" for i in idx]
+    return [f"{where(int(i))}: {col[int(i)].as_py()!r}" for i in idx]
+
+
+def _stat(value: float | None) -> float | None:
+    """A statistic for a JSON file: None where it overflowed (the JSON standard has no inf or NaN)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def profile(table: pa.Table, label: str, text_column: str | None, regression: bool = False) -> dict:
@@ -51,21 +98,22 @@ def profile(table: pa.Table, label: str, text_column: str | None, regression: bo
     cols = {}
     for field in table.schema:
         col, kind = table[field.name], kind_of(field, text_column)
-        entry = {"kind": kind, "type": str(field.type), "missing": int(pc.sum(missing_mask(col)).as_py() or 0)}
+        entry = {"kind": kind, "type": str(field.type), "missing": count(missing_mask(col))}
         if kind == "number" and (field.name != label or regression):
-            values = pc.cast(col, pa.float64()).filter(pc.invert(missing_mask(col)))
+            entry["non_finite"] = count(non_finite_mask(col))
+            values = as_float(col).filter(pc.invert(unusable_mask(col)))
             if len(values):
                 mm = pc.min_max(values).as_py()
-                entry |= {"mean": pc.mean(values).as_py(), "std": pc.stddev(values).as_py(),
+                entry |= {"mean": _stat(pc.mean(values).as_py()), "std": _stat(pc.stddev(values).as_py()),
                           "min": mm["min"], "max": mm["max"]}
         elif kind == "category" or field.name == label:
-            counts = pc.value_counts(col.drop_null()).to_pylist()
+            counts = pc.value_counts(col.filter(pc.invert(unusable_mask(col)))).to_pylist()
             counts.sort(key=lambda c: (-c["counts"], str(c["values"])))
             entry |= {"distinct": len(counts), "top": {str(c["values"]): c["counts"] for c in counts[:TOP_VALUES]}}
         cols[field.name] = entry
     labels = {}
     if label in table.column_names and not regression:
-        labels = {str(c["values"]): c["counts"] for c in pc.value_counts(table[label].drop_null()).to_pylist()}
+        labels = _class_counts(table[label])
     return {"rows": table.num_rows, "columns": cols, "labels": dict(sorted(labels.items()))}
 
 
@@ -76,135 +124,207 @@ def violation(check: str, column: str | None, rows: int, message: str, examples=
 NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
 
 
-def _mixed_types(col: pa.ChunkedArray, n: int) -> tuple[int, list[str]] | None:
+@dataclass(frozen=True)
+class _Context:
+    """What the check of every column needs besides the column."""
+
+    contract: Contract
+    params: Ingest
+    n_rows: int
+    where: Callable[[int], str]
+
+    def examples(self, mask, col: pa.ChunkedArray) -> list[str]:
+        return _row_examples(mask, col, self.contract.examples, self.where)
+
+    def allows_non_finite(self, name: str, rule: ColumnRule | None) -> bool:
+        if name == self.params.label_column:  # a class or a target is never inf
+            return False
+        own = rule.allow_non_finite if rule else None
+        return self.contract.allow_non_finite if own is None else own
+
+
+def _mixed_types(col: pa.ChunkedArray, ctx: _Context) -> tuple[int, list[str]] | None:
     """A text column in which most values are numbers and some are not: a broken numeric column."""
     present = len(col) - col.null_count
     is_number = pc.match_substring_regex(pc.utf8_trim_whitespace(col), NUMBER)
-    k = int(pc.sum(is_number).as_py() or 0)
+    k = count(is_number)
     if 0 < k < present and k >= present / 2:
         bad = pc.fill_null(pc.invert(is_number), False)
-        return present - k, _row_examples(bad, col, n)
+        return present - k, ctx.examples(bad, col)
     return None
 
 
-def _check_column(name: str, col: pa.ChunkedArray, field: pa.Field, rule, contract: Contract,
-                  text_column: str | None, n_rows: int) -> list[dict]:
-    out, n = [], contract.examples
-    kind = kind_of(field, text_column)
-    missing = missing_mask(col)
-    n_missing = int(pc.sum(missing).as_py() or 0)
-    limit = rule.max_null_ratio if rule and rule.max_null_ratio is not None else contract.max_null_ratio
-    if n_rows and n_missing / n_rows > limit:
-        what = "every value is missing" if n_missing == n_rows else f"{n_missing / n_rows:.0%} of values missing"
-        out.append(violation("missing", name, n_missing, f"{what}, at most {limit:.0%} allowed"))
-    if kind is None:
-        out.append(violation("type", name, n_rows, f"type {field.type} cannot be used; expected numbers, "
-                                                    f"categories or text"))
-        return out
-    declared = rule.type if rule else None
-    if kind == "category" and declared in (None, "number"):
-        mixed = _mixed_types(col, n)
-        if mixed:
-            out.append(violation("type", name, mixed[0], f"mixed types: mostly numbers, but {mixed[0]} value(s) "
-                                                          f"are not", mixed[1]))
-            return out
-    if declared and declared != kind and not (declared == "text" and kind == "category"):
-        out.append(violation("type", name, n_rows, f"expected {declared}, found {kind} ({field.type})"))
-        return out
-    if rule and kind == "number" and (rule.min is not None or rule.max is not None):
-        values = pc.cast(col, pa.float64())
+def _check_missing(name: str, col: pa.ChunkedArray, rule, kind: str | None, ctx: _Context) -> list[dict]:
+    """At most max_null_ratio missing; inf and -inf, where allowed, count as missing (clean fills them)."""
+    inf_allowed = kind == "number" and ctx.allows_non_finite(name, rule)
+    gone = "missing or non-finite" if inf_allowed else "missing"
+    n_missing = count(unusable_mask(col) if inf_allowed else missing_mask(col))
+    limit = rule.max_null_ratio if rule and rule.max_null_ratio is not None else ctx.contract.max_null_ratio
+    if not ctx.n_rows or n_missing / ctx.n_rows <= limit:
+        return []
+    what = f"every value is {gone}" if n_missing == ctx.n_rows else f"{n_missing / ctx.n_rows:.0%} of values {gone}"
+    return [violation("missing", name, n_missing, f"{what}, at most {limit:.0%} allowed")]
+
+
+def _check_numbers(name: str, col: pa.ChunkedArray, rule, ctx: _Context) -> list[dict]:
+    """Values the later stages compute with: finite (unless allowed), within float32's range, the rule's bounds."""
+    out, values = [], as_float(col)
+    inf = non_finite_mask(col)
+    k = count(inf)
+    if k and not ctx.allows_non_finite(name, rule):
+        fix = ("a label must be a finite number" if name == ctx.params.label_column else
+               f"fix the source, or set contract.allow_non_finite (or contract.columns.{name}.allow_non_finite) "
+               f"to true and clean treats them as missing values")
+        out.append(violation("finite", name, k, f"{k} value(s) inf or -inf; {fix}", ctx.examples(inf, col)))
+    if name != ctx.params.label_column or ctx.params.task == "regression":  # class labels are names, not values
+        big = pc.fill_null(pc.and_(pc.greater(pc.abs(values), F32_MAX), pc.is_finite(values)), False)
+        k = count(big)
+        if k:
+            out.append(violation("extreme", name, k, f"{k} value(s) beyond ±{F32_MAX:.1e}, float32's range: from "
+                                 f"clean on the values are float32; rescale the column (other units, a log)",
+                                 ctx.examples(big, col)))
+    if rule and (rule.min is not None or rule.max is not None):
         outside = [pc.less(values, rule.min)] if rule.min is not None else []
         outside += [pc.greater(values, rule.max)] if rule.max is not None else []
         bad = pc.fill_null(outside[0] if len(outside) == 1 else pc.or_(*outside), False)
-        k = int(pc.sum(bad).as_py() or 0)
+        k = count(bad)
         if k:
             out.append(violation("range", name, k, f"{k} value(s) outside [{rule.min}, {rule.max}]",
-                                  _row_examples(bad, col, n)))
-    if rule and rule.allowed is not None:
-        if kind == "number":  # compare numbers as numbers: 1 == 1.0 == True
-            try:
-                allowed = pa.array([float(a) for a in rule.allowed], pa.float64())
-            except ValueError:
-                return out + [violation("allowed", name, n_rows, f"contract.columns.{name}.allowed: the column "
-                                                                 f"holds numbers, but {list(rule.allowed)} are not")]
-            values = pc.cast(col, pa.float64())
-        else:
-            allowed, values = pa.array([str(a) for a in rule.allowed]), pc.cast(col, pa.string())
-        bad = pc.fill_null(pc.and_(pc.invert(pc.is_in(values, allowed)), pc.is_valid(col)), False)
-        k = int(pc.sum(bad).as_py() or 0)
-        if k:
-            out.append(violation("allowed", name, k, f"{k} value(s) not in {list(rule.allowed)}",
-                                  _row_examples(bad, col, n)))
+                                 ctx.examples(bad, col)))
     return out
+
+
+def _check_allowed(name: str, col: pa.ChunkedArray, kind: str, rule, ctx: _Context) -> list[dict]:
+    if kind == "number":  # compare numbers as numbers: 1 == 1.0 == True
+        try:
+            allowed = pa.array([float(a) for a in rule.allowed], pa.float64())
+        except ValueError:
+            return [violation("allowed", name, ctx.n_rows, f"contract.columns.{name}.allowed: the column holds "
+                                                           f"numbers, but {list(rule.allowed)} are not")]
+        values = as_float(col)
+    else:
+        allowed, values = pa.array([str(a) for a in rule.allowed]), pc.cast(col, pa.string())
+    bad = pc.fill_null(pc.and_(pc.invert(pc.is_in(values, allowed)), pc.is_valid(col)), False)
+    k = count(bad)
+    return [violation("allowed", name, k, f"{k} value(s) not in {list(rule.allowed)}", ctx.examples(bad, col))
+            ] if k else []
+
+
+def _check_column(field: pa.Field, col: pa.ChunkedArray, rule, ctx: _Context) -> list[dict]:
+    name, kind = field.name, kind_of(field, ctx.params.text_column)
+    out = _check_missing(name, col, rule, kind, ctx)
+    if kind is None:
+        return out + [violation("type", name, ctx.n_rows, f"type {field.type} cannot be used; expected numbers, "
+                                                          f"categories or text")]
+    declared = rule.type if rule else None
+    if kind == "category" and declared in (None, "number"):
+        mixed = _mixed_types(col, ctx)
+        if mixed:
+            return out + [violation("type", name, mixed[0], f"mixed types: mostly numbers, but {mixed[0]} value(s) "
+                                                             f"are not", mixed[1])]
+    if declared and declared != kind and not (declared == "text" and kind == "category"):
+        return out + [violation("type", name, ctx.n_rows, f"expected {declared}, found {kind} ({field.type})")]
+    if kind == "number":
+        out += _check_numbers(name, col, rule, ctx)
+    if rule and rule.allowed is not None:
+        out += _check_allowed(name, col, kind, rule, ctx)
+    return out
+
+
+def _class_counts(col: pa.ChunkedArray) -> dict[str, int]:
+    """Rows per class, of the rows that have a label (clean drops the others)."""
+    present = col.filter(pc.invert(unusable_mask(col)))
+    return {str(c["values"]): c["counts"] for c in pc.value_counts(present).to_pylist()}
 
 
 def _check_labels(table: pa.Table, label: str, contract: Contract) -> list[dict]:
-    counts = {str(c["values"]): c["counts"] for c in pc.value_counts(table[label].drop_null()).to_pylist()}
+    counts = _class_counts(table[label])
     if not counts:
         return [violation("labels", label, table.num_rows, "no row has a label")]
     out = []
+    if len(counts) == 1:
+        (only, n), = counts.items()
+        out.append(violation("labels", label, n, f"one class only ({only!r}, {n} rows): a classifier needs at "
+                                                 f"least two; add rows of other classes"))
     small = {k: v for k, v in counts.items() if v < contract.min_class_rows}
     if small:
         out.append(violation("balance", label, sum(small.values()),
-                              f"classes with fewer than {contract.min_class_rows} rows: {small}"))
+                             f"classes with fewer than {contract.min_class_rows} rows: {small}"))
     ratio = max(counts.values()) / min(counts.values())
     if contract.max_class_ratio is not None and ratio > contract.max_class_ratio:
         out.append(violation("balance", label, table.num_rows,
-                              f"largest/smallest class is {ratio:.1f}, at most {contract.max_class_ratio} "
-                              f"allowed (rows per class: {counts})"))
+                             f"largest/smallest class is {ratio:.1f}, at most {contract.max_class_ratio} "
+                             f"allowed (rows per class: {counts})"))
     return out
 
 
-def check(table: pa.Table, contract: Contract, params: Ingest) -> list[dict]:
-    """Every violation of the contract by a raw table, as JSON-ready dicts."""
-    out, names = [], table.column_names
+def _check_names(table: pa.Table, contract: Contract, params: Ingest) -> list[dict]:
+    """The columns the contract and the ingest params name, and the names the pipeline keeps for itself."""
+    out, names, n = [], table.column_names, table.num_rows
     label, text = params.label_column, params.text_column
+    shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+    for name, rule in contract.columns.items():
+        if name not in names and rule.required:
+            out.append(violation("columns", name, n, f"declared column missing (columns: {shown})"))
+    if label not in names:
+        out.append(violation("columns", label, n, f"label column not found (columns: {shown}); "
+                                                  f"set ingest.label_column"))
+    if text and text not in names:
+        out.append(violation("columns", text, n, "ingest.text_column not found"))
+    if text and text == label:
+        out.append(violation("columns", text, n, "ingest.text_column and ingest.label_column name the same column"))
+    for name in names:
+        if name in (LABEL, SPLIT) and name != label:
+            out.append(violation("columns", name, n, f"the name {name!r} is taken by the pipeline's own column of "
+                                                     f"that name from clean on (label, split); rename it"))
+        if contract.only_declared and name not in contract.columns and name != label:
+            out.append(violation("columns", name, n, "column not declared in contract.columns"))
+    features = [f for f in table.schema if f.name != label]
+    if not features:
+        out.append(violation("columns", None, n, "no feature columns besides the label"))
+    if params.image_shape:
+        h, w = params.image_shape
+        if len(features) != h * w:
+            out.append(violation("columns", None, n, f"ingest.image_shape {h}x{w} needs {h * w} feature columns, "
+                                                     f"found {len(features)}"))
+        out += [violation("type", f.name, n, f"ingest.image_shape: a pixel column holds numbers, this one {f.type}")
+                for f in features if kind_of(f, text) in ("category", "text")]
+    return out
+
+
+def check(table: pa.Table, contract: Contract, params: Ingest, where: Callable[[int], str] = row_number
+          ) -> list[dict]:
+    """Every violation of the contract by a raw table, as JSON-ready dicts; example rows named by `where`."""
+    out, names, label = [], table.column_names, params.label_column
     if table.num_rows < contract.min_rows:
         out.append(violation("rows", None, table.num_rows,
-                              f"{table.num_rows} data rows, at least {contract.min_rows} required"))
+                             f"{table.num_rows} data rows, at least {contract.min_rows} required"))
     repeated = sorted({c for c in names if names.count(c) > 1})
     if repeated:
         return out + [violation("columns", c, table.num_rows, "column name appears more than once")
                       for c in repeated]
-    for name, rule in contract.columns.items():
-        if name not in names and rule.required:
-            shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
-            out.append(violation("columns", name, table.num_rows, f"declared column missing (columns: {shown})"))
-    if label not in names:
-        shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
-        out.append(violation("columns", label, table.num_rows,
-                              f"label column not found (columns: {shown}); set ingest.label_column"))
-    if text and text not in names:
-        out.append(violation("columns", text, table.num_rows, "ingest.text_column not found"))
-    if contract.only_declared:
-        for name in names:
-            if name not in contract.columns and name != label:
-                out.append(violation("columns", name, table.num_rows, "column not declared in contract.columns"))
-    if not [n for n in names if n != label]:
-        out.append(violation("columns", None, table.num_rows, "no feature columns besides the label"))
-    if params.image_shape:
-        h, w = params.image_shape
-        n_features = len([n for n in names if n != label])
-        if n_features != h * w:
-            out.append(violation("columns", None, table.num_rows,
-                                  f"ingest.image_shape {h}x{w} needs {h * w} feature columns, found {n_features}"))
+    out += _check_names(table, contract, params)
+    ctx = _Context(contract, params, table.num_rows, where)
     for field in table.schema:
-        out += _check_column(field.name, table[field.name], field, contract.columns.get(field.name), contract,
-                             text, table.num_rows)
+        out += _check_column(field, table[field.name], contract.columns.get(field.name), ctx)
     if label in names and not any(v["column"] == label and v["check"] == "type" for v in out):
-        out += (_check_target(table, label, contract.examples) if params.task == "regression" else
+        out += (_check_target(table, label, ctx) if params.task == "regression" else
                 _check_labels(table, label, contract))
     return out
 
 
-def _check_target(table: pa.Table, label: str, examples: int) -> list[dict]:
-    """A regression target: numbers, some of them present (class balance means nothing here)."""
+def _check_target(table: pa.Table, label: str, ctx: _Context) -> list[dict]:
+    """A regression target: numbers, at least two distinct ones (class balance means nothing here)."""
     col = table[label]
     if kind_of(table.schema.field(label), None) != "number":
         return [violation("type", label, table.num_rows, f"ingest.task is regression, so the label must hold "
-                          f"numbers; it holds {col.type}", _row_examples(pc.is_valid(col), col, examples))]
-    if pc.sum(pc.invert(missing_mask(col))).as_py() in (0, None):
+                          f"numbers; it holds {col.type}", ctx.examples(pc.is_valid(col), col))]
+    present = as_float(col).filter(pc.invert(unusable_mask(col)))
+    if not len(present):
         return [violation("labels", label, table.num_rows, "no row has a target value")]
+    if pc.count_distinct(present).as_py() < 2:
+        return [violation("labels", label, len(present), f"every target value is {present[0].as_py()!r}: a "
+                                                         f"regression needs at least two distinct values")]
     return []
 
 
@@ -218,8 +338,10 @@ def drift(previous: dict | None, current: dict, limits: Drift) -> dict:
     shifts = {}
     for name, c in current["columns"].items():
         p = previous["columns"].get(name, {})
-        if "mean" in c and "mean" in p and p.get("std"):
-            shifts[name] = abs(c["mean"] - p["mean"]) / p["std"]
+        if c.get("mean") is not None and p.get("mean") is not None and p.get("std"):
+            shift = abs(c["mean"] - p["mean"]) / p["std"]
+            if math.isfinite(shift):
+                shifts[name] = shift
     exceeded = []
     if tvd > limits.max_label_shift:
         exceeded.append(f"label distribution moved by {tvd:.3f} (total variation), limit {limits.max_label_shift}")
@@ -242,7 +364,7 @@ def format_violations(path, violations: list[dict], report: Path) -> str:
 
 def check_model_table(table: pa.Table, path: Path, n_classes: int | None = None) -> None:
     """A boundary check of a table written from clean on: finite features, labels in range."""
-    from tasks.data.tables import LABEL, SPLIT, feature_names
+    from tasks.data.tables import feature_names
 
     problems = []
     for name in feature_names(table.schema):

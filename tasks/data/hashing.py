@@ -1,7 +1,8 @@
 """Stable 64-bit row hashes, and the train/val/test split they decide.
 
 A row's hash depends only on its own values (numbers by value, so 1 and 1.0
-agree; strings by their UTF-8 bytes), never on its position, its batch or
+agree; an integer beyond 2**53, which float64 cannot hold exactly, by its own
+64 bits, so distinct ids stay distinct; strings by their UTF-8 bytes), never on its position, its batch or
 the other rows. So duplicates are found across batches, and a row's split
 (`assign_splits`) never changes when rows are added to the data: a test set
 stays a test set across data versions. Each class is cut by the same hash
@@ -25,6 +26,8 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _NULL = np.uint64(0x6E756C6C6E756C6C)  # one fixed value for every missing cell
 _NAN_BITS = np.float64("nan").view(np.uint64)
+_BIG = np.uint64(0x626967696E743634)  # salts the bits of an integer beyond 2**53
+_EXACT = 2**53  # float64 holds every integer up to this exactly
 
 
 def mix(h: np.ndarray, inplace: bool = False) -> np.ndarray:
@@ -61,10 +64,14 @@ def column_hash(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return _string_hash(col)
-    x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+    x = pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # nulls: NaN; ints past 2**53 rounded
     x = x + 0.0  # a copy of our own, and -0.0 + 0.0 == +0.0
     bits = x.view(np.uint64)
     np.copyto(bits, _NAN_BITS, where=np.isnan(x))  # one NaN, whatever its payload
+    if pa.types.is_int64(t) or pa.types.is_uint64(t):
+        ints = pc.fill_null(col, 0).to_numpy(zero_copy_only=False)
+        big = (ints > _EXACT) | (ints < -_EXACT) if pa.types.is_int64(t) else ints > _EXACT
+        bits[big] = ints.view(np.uint64)[big] ^ _BIG
     if col.null_count:
         bits[pc.is_null(col).to_numpy(zero_copy_only=False)] = _NULL
     return mix(bits, inplace=True)

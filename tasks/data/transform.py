@@ -13,6 +13,13 @@ category), then one-hot or ordinal codes over the training categories; a
 category never seen in training becomes all zeros (one-hot) or -1 (ordinal).
 A text column is normalised (Unicode NFKD, accents stripped, lower case,
 whitespace collapsed) and passed on as text for augment to tokenize.
+
+inf and -inf count as missing (the contract lets them through only with
+`contract.allow_non_finite`). A scaled value is kept within +-65504, float16's
+largest, so the features fit every training precision: a training row never
+gets there (its standard score is at most the square root of the row count),
+only a held-out or new value millions of training spreads away; `apply`
+counts what it clipped to the training quantiles and what it had to saturate.
 """
 
 from __future__ import annotations
@@ -30,9 +37,30 @@ def strategy_of(name: str, kind: str, params: Clean) -> str:
     return params.missing_columns.get(name, default)
 
 
+SCALED_LIMIT = 65504.0  # float16's largest finite value: the bound of a scaled feature or target
+RAW_LIMIT = float(np.finfo(np.float32).max)  # scaling none: the values as they are, within float32
+
+
 def as_float64(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A numeric column as float64 values, a missing value as NaN."""
-    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
+    """A numeric column as float64 values, a missing value (null, NaN, inf, -inf) as NaN; integers beyond
+    2**53 rounded (Arrow's safe cast would refuse them)."""
+    x = pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # nulls -> NaN
+    inf = np.isinf(x)
+    return np.where(inf, np.nan, x) if inf.any() else x
+
+
+def _count(counts: dict | None, kind: str, name: str, moved: np.ndarray) -> None:
+    """counts[kind][name] += how many values `moved` marks (nothing without counts)."""
+    k = int(np.count_nonzero(moved)) if counts is not None else 0
+    if k:
+        per = counts.setdefault(kind, {})
+        per[name] = per.get(name, 0) + k
+
+
+def _bounded(x: np.ndarray, limit: float, counts: dict | None, kind: str, name: str) -> None:
+    """Clip x in place to [-limit, limit], counting the values that moved."""
+    _count(counts, kind, name, np.abs(x) > limit)
+    np.clip(x, -limit, limit, out=x)
 
 
 def _mode(values):
@@ -77,7 +105,8 @@ def finish_scaling(stats: list[dict], params: Clean) -> list[dict]:
         center, scale = {"standard": (mean, std), "minmax": (lo, hi - lo), "none": (0.0, 1.0)}[params.scaling]
         for s in group:
             s["center"], s["scale"] = center, scale if scale > 0 else 1.0  # a constant column stays finite
-    return [{k: s[k] for k in ("name", "strategy", "fill", "clip", "center", "scale")} for s in stats]
+            s["limit"] = RAW_LIMIT if params.scaling == "none" else SCALED_LIMIT
+    return [{k: s[k] for k in ("name", "strategy", "fill", "clip", "center", "scale", "limit")} for s in stats]
 
 
 def _value_counts(values: pa.ChunkedArray) -> list[dict]:
@@ -149,21 +178,26 @@ def _codes(values: pa.Array, categories: list[str], missing: int = -1) -> np.nda
                     codes.to_numpy(zero_copy_only=False))
 
 
-def apply(batch: pa.RecordBatch | pa.Table, t: dict, rows: np.ndarray | None = None
+def apply(batch: pa.RecordBatch | pa.Table, t: dict, rows: np.ndarray | None = None, counts: dict | None = None
           ) -> tuple[list[pa.Array], pa.Array | None]:
     """Feature arrays (in output_columns order: float32, one-hot flags boolean; see flag_names) and the
-    normalised text column, if any, of the
-    batch's rows, or of those where the boolean mask `rows` is true (taken from the arrays, without
-    copying the whole batch first)."""
+    normalised text column, if any, of the batch's rows, or of those where the boolean mask `rows` is true
+    (taken from the arrays, without copying the whole batch first). Given `counts`, adds to
+    counts["clipped"][column] the values clipped to the training quantiles and to counts["saturated"][column]
+    those scaled beyond the limit."""
     arrays = []
     for c in t["numeric"]:  # in place on one float64 copy of the column
         x = as_float64(batch.column(c["name"]))
         x = x[rows] if rows is not None else x if x.flags.writeable else x.copy()  # not the batch's own buffer
         np.copyto(x, c["fill"], where=np.isnan(x))
         if c["clip"]:
-            np.clip(x, *c["clip"], out=x)
+            lo, hi = c["clip"]
+            if counts is not None:
+                _count(counts, "clipped", c["name"], (x < lo) | (x > hi))
+            np.clip(x, lo, hi, out=x)
         x -= c["center"]
         x /= c["scale"]
+        _bounded(x, c.get("limit", RAW_LIMIT), counts, "saturated", c["name"])
         arrays.append(pa.array(x.astype(np.float32)))
     for c in t["categorical"]:
         values = batch.column(c["name"])
@@ -188,10 +222,13 @@ def apply(batch: pa.RecordBatch | pa.Table, t: dict, rows: np.ndarray | None = N
     return arrays, text
 
 
-def label_values(values: pa.Array | pa.ChunkedArray, t: dict) -> np.ndarray:
-    """What the model learns: class indices (int64), or the standardised target (float32) of a regression."""
+def label_values(values: pa.Array | pa.ChunkedArray, t: dict, counts: dict | None = None) -> np.ndarray:
+    """What the model learns: class indices (int64), or the standardised target (float32) of a regression,
+    within SCALED_LIMIT (a value beyond it counted in counts["saturated"][label column])."""
     if t.get("task") == "regression":
-        return ((as_float64(values) - t["target"]["center"]) / t["target"]["scale"]).astype(np.float32)
+        y = (as_float64(values) - t["target"]["center"]) / t["target"]["scale"]
+        _bounded(y, SCALED_LIMIT, counts, "saturated", t["label_column"])
+        return y.astype(np.float32)
     return label_codes(values, t["classes"])
 
 

@@ -8,7 +8,8 @@
 
 Each section of params.yaml is one frozen pydantic model named after its
 stage, with a description per key: data.py (ingest, contract, clean,
-augment), training.py (train and its models, evaluate), register.py, and
+augment), training.py (train and its models, evaluate), register.py, hpo.py (the
+search), and
 base.py (the shared `paths`). loader.py holds the one loader. Every default
 is the value params.yaml ships, and params.yaml writes every key, so DVC sees
 each one a stage reads (tests/test_params.py checks both).
@@ -30,6 +31,7 @@ from tasks.params.data import (
     TextAug,
     TextNorm,
 )
+from tasks.params.hpo import Dimension, Hpo, Pruner
 from tasks.params.loader import DEFAULT_PARAMS, Params, load_params, main
 from tasks.params.register import Card, Register
 from tasks.params.training import (
@@ -49,8 +51,8 @@ from tasks.params.training import (
 )
 
 __all__ = [
-    "DEFAULT_PARAMS", "Activation", "Augment", "CNN", "Card", "Checkpointing", "Clean", "ColumnRule", "ColumnType",
-    "Contract", "Drift", "EarlyStopping", "Evaluate", "ImageAug", "Ingest", "Init", "MLP", "MissingStrategy", "Norm",
-    "Optimizer", "Params", "Paths", "RNN", "Register", "Schedule", "Section", "Split", "TableAug", "TextAug",
-    "TextNorm", "Train", "Transformer", "load_params", "main",
+    "Activation", "Augment", "CNN", "Card", "Checkpointing", "Clean", "ColumnRule", "ColumnType", "Contract",
+    "DEFAULT_PARAMS", "Dimension", "Drift", "EarlyStopping", "Evaluate", "Hpo", "ImageAug", "Ingest", "Init", "MLP",
+    "MissingStrategy", "Norm", "Optimizer", "Params", "Paths", "Pruner", "RNN", "Register", "Schedule", "Section",
+    "Split", "TableAug", "TextAug", "TextNorm", "Train", "Transformer", "load_params", "main",
 ]

@@ -55,6 +55,7 @@ class ColumnRule(Section):
     max: float | None = None
     allowed: tuple[str | int | float, ...] | None = Field(None, description="the only values allowed")
     max_null_ratio: float | None = Field(None, ge=0, le=1, description="overrides contract.max_null_ratio")
+    allow_non_finite: bool | None = Field(None, description="overrides contract.allow_non_finite")
 
 
 class Drift(Section):
@@ -72,6 +73,9 @@ class Contract(Section):
     only_declared: bool = Field(False, description="refuse columns that are not declared")
     min_rows: int = Field(500, ge=1, description="data rows the source must have at least")
     max_null_ratio: float = Field(0.1, ge=0, le=1, description="for every column without its own limit")
+    allow_non_finite: bool = Field(
+        False, description="false: inf or -inf in a feature column is a violation; true: clean treats them as "
+        "missing (filled by clean.missing, counted in its report). A label is never allowed to be non-finite")
     min_class_rows: int = Field(50, ge=1, description="rows every class must have")
     max_class_ratio: float | None = Field(3.0, ge=1, description="largest class / smallest class, at most; "
                                           "None: no limit")

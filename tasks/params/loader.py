@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError, model_validator
 from tasks.errors import InputError
 from tasks.params.base import Paths, Section
 from tasks.params.data import Augment, Clean, Contract, Ingest
+from tasks.params.hpo import Hpo
 from tasks.params.register import Register
 from tasks.params.training import Evaluate, Train
 
@@ -45,6 +46,8 @@ class Params(Section):
     @property
     def register(self) -> Register:
         return self.register_
+
+    hpo: Hpo
 
     @model_validator(mode="after")
     def _cnn_needs_image(self) -> Params:

@@ -14,8 +14,10 @@ from tasks.params.base import Section
 
 
 class Card(Section):
-    """What the model card says beyond the numbers."""
+    """What the model card says beyond the numbers, about the data of one source."""
 
+    source: str | None = Field(None, description="the ingest.source these words were written for; a version "
+                               "trained on another source gets a card without them (saying so); None: any source")
     intended_use: str = Field("", description="what the model is for, in a sentence or two")
     limitations: tuple[str, ...] = Field((), description="where it should not be trusted; the card adds "
                                          "the weakest classes and the input schema itself")
@@ -26,7 +28,8 @@ class Register(Section):
     `python -m tasks.registry promote`)."""
 
     name: str = Field("digits", pattern=r"^[a-z0-9][a-z0-9-]*$", description="the artifact in dvc.yaml's "
-                      "`artifacts:`, and the name in its GTO tags (digits@v0.0.3)")
+                      "`artifacts:`, and the name in its GTO tags (digits@v0.0.3); a model of other data (another "
+                      "task, label set or input schema) needs a name of its own: it takes no stage from this one")
     metric: str = Field("accuracy", description="key in the metrics file that decides promotion")
     higher_is_better: bool | None = Field(None, description="which way `metric` points; None: from its name "
                                           "(loss, error, mae, mse, rmse are lower-is-better; tasks/metrics.py)")

@@ -144,6 +144,10 @@ class Train(Section):
                                   "line); with NODE_RANK set, each node starts its own launcher (no ssh)")
     master_addr: str = Field("127.0.0.1", description="address of node 0 when several machines train together")
     seed: int = Field(0, description="initial weights, data order and dropout")
+    verbose: bool = Field(False, description="DeepSpeed's own start-up lines: its launcher's INFO log (world "
+                          "info, CUDA_VISIBLE_DEVICES, each process spawned), the accelerator detection's "
+                          "notice, the shared-memory op's build line and deepspeed.initialize's INFO log. "
+                          "false keeps them out; DeepSpeed's warnings and errors show either way")
 
 
 class Evaluate(Section):

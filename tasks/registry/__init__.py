@@ -16,6 +16,8 @@ makes the versions. The package:
 
     versions.py   specs, versions and stages (GTO tags), resolving a spec, a version's lineage record
     policy.py     the promotion policy (decide), promote, rollback, the decisions in git notes
+    compare.py    like with like (task, label set, input schema; meaningful test metrics) and a
+                  version's identity (weights, preprocessing, splits): one model, one version
     lineage.py    lineage queries both ways (lineage, trained_on)
     dvc_files.py  reading dvc.lock and dvc.yaml's artifacts (here, at a commit)
     git.py        git plumbing: the runner, the fallback identity, commits of named paths, tags, notes, the lock

@@ -62,6 +62,12 @@ def read_at(commit: str, path: str | Path, repo: str | Path = ".") -> str | None
     return git("show", f"{commit}:{Path(path).as_posix()}", cwd=repo, check=False) or None
 
 
+def read_bytes_at(commit: str, path: str | Path, repo: str | Path = ".") -> bytes | None:
+    """A file's exact bytes as committed at `commit`; None where it is not."""
+    res = subprocess.run(["git", "show", f"{commit}:{Path(path).as_posix()}"], cwd=repo, capture_output=True)
+    return res.stdout if res.returncode == 0 else None
+
+
 def newest_tag_time(repo: str | Path, *patterns: str) -> int:
     """The tagger time (unix seconds) of the newest tag matching any of `patterns`; 0 when none does."""
     times = git("for-each-ref", "--format=%(taggerdate:unix)", *(f"refs/tags/{p}" for p in patterns),

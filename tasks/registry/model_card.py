@@ -4,7 +4,11 @@
 
 Markdown, committed with the version beside its lineage (so `git show digits@v0.0.3:registry/model_card.md`
 shows it, as does `python -m tasks.registry show digits@v0.0.3`); the Prefect flow publishes it as an
-artifact. The words (intended use, limitations) come from params; every number from the run's own files.
+artifact. The words (intended use, limitations) come from params; every fact about the data (source,
+rows, columns, labels and their counts) from what ingest snapshotted (the lineage's `input`, read from
+the manifest of the data version trained on) and the fitted transform (its signature), never from a
+fixed text. The words are written for one source (`register.card.source`): a version trained on
+another source gets a card that says they are missing rather than words about other data.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 
 from tasks.params import Card
+from tasks.registry.compare import labels_text, signature_of
 
 WEAKEST = 3  # classes named under "Limits"
 
@@ -22,16 +27,34 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
         "| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
 
 
+def source_of(lin: dict) -> str:
+    """The source the version's data was read from (the manifest's; an older lineage: its params')."""
+    return (lin.get("input") or {}).get("source") or lin["params"]["ingest"]["source"]
+
+
+def _labels(lin: dict) -> str:
+    inp, sig = lin.get("input") or {}, signature_of(lin)
+    label = inp.get("label_column") or lin["params"]["ingest"]["label_column"]
+    if sig["task"] == "regression":
+        return f"- target `{label}` (regression)"
+    counts = inp.get("labels") or {}
+    labels = sig["labels"] or sorted(counts)
+    if not labels:  # a lineage from before labels were recorded
+        return f"- label `{label}` (classification)"
+    shown = ", ".join(f"{c} ({counts[c]} rows)" if c in counts else str(c) for c in labels[:20])
+    return (f"- label `{label}` (classification), {len(labels)} classes {labels_text(labels)}: {shown}"
+            f"{', ...' if len(labels) > 20 else ''}")
+
+
 def _data(lin: dict) -> list[str]:
-    ingest, contract = lin["params"]["ingest"], lin.get("contract") or {}
-    inp = lin.get("input") or {}
+    contract, inp, sig = lin.get("contract") or {}, lin.get("input") or {}, signature_of(lin)
     lines = ["## Data", "",
-             f"- source: `{ingest['source']}` ({inp.get('kind', 'table')}), data version "
-             f"`{lin.get('data_version')}`, {inp.get('rows', '?')} rows",
+             f"- source: `{source_of(lin)}` ({inp.get('kind', 'table')}), data version "
+             f"`{lin.get('data_version')}`: {inp.get('rows', '?')} rows, {len(inp.get('columns') or [])} "
+             f"columns ({len(sig['features'])} read by the model)",
+             _labels(lin),
              f"- data contract: {'passed' if contract.get('ok') else 'NOT passed'} "
-             f"({contract.get('reason', 'no record')})",
-             f"- label column `{ingest['label_column']}` ({ingest.get('task', 'classification')}); "
-             f"{len(inp.get('columns') or [])} raw columns", "",
+             f"({contract.get('reason', 'no record')})", "",
              "Data versions (DVC md5 of each stage output, from `dvc.lock` of the version's commit):", ""]
     rows = [[stage, f"`{path}`", f"`{md5}`"] for stage, outs in (lin.get("data") or {}).items()
             for path, md5 in outs.items()]
@@ -68,21 +91,32 @@ def _training(lin: dict, history: list[dict]) -> list[str]:
             f"- Prefect flow run: `{lin.get('prefect_flow_run_id')}`", ""]
 
 
+def _words_fit(lin: dict, card: Card) -> bool:
+    """Whether register.card's words were written for the data this version was trained on."""
+    return card.source is None or card.source == source_of(lin)
+
+
 def _limits(lin: dict, metrics: dict, card: Card) -> list[str]:
-    lines = ["## Limits", ""] + [f"- {text}" for text in card.limitations]
+    lines = ["## Limits", ""] + [f"- {text}" for text in card.limitations if _words_fit(lin, card)]
     per = metrics.get("per_class") or {}
     if per:
         weakest = sorted(per.items(), key=lambda kv: kv[1]["f1"])[:WEAKEST]
         lines.append("- weakest classes on the test split: " + ", ".join(f"{c} (f1 {m['f1']:.3f})"
                                                                          for c, m in weakest))
-    inp, ingest = lin.get("input") or {}, lin["params"]["ingest"]
-    shape = f" {ingest['image_shape'][0]}x{ingest['image_shape'][1]} grayscale images," if ingest.get(
-        "image_shape") and inp.get("kind") == "images" else ""
+    inp, image = lin.get("input") or {}, signature_of(lin)["image_shape"]
+    shape = f" {image[0]}x{image[1]} grayscale images," if image and inp.get("kind") == "images" else ""
     names = [name for name, _ in inp.get("columns") or []]
     lines.append(f"- input must look like the training source:{shape} the columns {', '.join(names[:8])}"
                  f"{'...' if len(names) > 8 else ''} with the same types; values far outside the training range "
                  f"were never seen")
     return lines + [f"- test set: {metrics.get('test_rows', '?')} rows", ""]
+
+
+def _intended_use(lin: dict, card: Card) -> str:
+    if not _words_fit(lin, card):
+        return (f"(not stated for this data: register.card was written for `{card.source}`, this version was "
+                f"trained on `{source_of(lin)}`; set register.card.source, intended_use and limitations for it)")
+    return card.intended_use or "(not stated: set register.card.intended_use)"
 
 
 def render(lineage: dict, metrics: dict, history: list[dict], card: Card) -> str:
@@ -91,6 +125,6 @@ def render(lineage: dict, metrics: dict, history: list[dict], card: Card) -> str
             f"Registered {lineage.get('registered_at')}; model sha256 `{lineage['model']['sha256']}`. "
             f"Stage `{promo.get('stage')}`: {'promoted' if promo.get('promote') else 'not promoted'} "
             f"({promo.get('reason')}).", "",
-            "## Intended use", "", card.intended_use or "(not stated: set register.card.intended_use)", ""]
+            "## Intended use", "", _intended_use(lineage, card), ""]
     return "\n".join(head + _data(lineage) + _metrics(metrics) + _training(lineage, history)
                      + _limits(lineage, metrics, card))

@@ -7,8 +7,12 @@
 
 The policy is `register:` in params.yaml: `metric` (which way it points: tasks.metrics, or
 `higher_is_better` when set), `min_improvement` over the holder of the stage, `require_contract` and
-`require_reproducible`. Every decision, refusals included, is appended as a JSON line to the version
-commit's git note (`git notes --ref=registry show <commit>`).
+`require_reproducible`. Whatever params say, a version takes a stage only from a holder of the same
+task, label set and input schema (tasks.registry.compare: a model of other data belongs under a name
+of its own, `register.name`), and a classifier only when its test metrics mean something: at least two
+classes in its test split, and not one class predicted for every test row. Every decision, refusals
+included, is appended as a JSON line to the version commit's git note (`git notes --ref=registry show
+<commit>`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from tasks.errors import InputError
 from tasks.metrics import improvement
 from tasks.params import Register, load_params
+from tasks.registry.compare import meaningless, unlike
 from tasks.registry.git import append_note, author, read_note, registry_lock
 from tasks.registry.versions import NAME, ROLLBACK, STAGE, move_stage, read_lineage, resolve, stage_holder, stage_stack
 
@@ -54,14 +59,26 @@ def _refusals(policy: Register, candidate: dict) -> list[str]:
         refusals.append(f"not shown reproducible ({repro.get('reason', 'not checked at registration')})")
     if not isinstance((candidate.get("metrics") or {}).get(policy.metric), (int, float)):
         refusals.append(f"register.metric {policy.metric!r} is not among its metrics")
-    return refusals
+    return refusals + meaningless(candidate)
+
+
+def own_name_hint(candidate: dict) -> str:
+    """How to register a model of other data beside the one in the stage, not over it."""
+    source = ((candidate.get("input") or {}).get("source") or "").rstrip("/").split("/")[-1]
+    stem = re.sub(r"[^a-z0-9]+", "-", source.split(".")[0].lower()).strip("-")
+    name = stem if stem and stem != candidate.get("artifact") else "NEW-NAME"
+    return (f"a model of other data takes no stage from this one: register it under a model name of its own "
+            f"(params.yaml `register: name: {name}`, and that name declared in dvc.yaml's `artifacts:`)")
 
 
 def decide(policy: Register, stage: str, candidate: dict, current: tuple[str, dict] | None) -> dict:
     """The promotion policy: may `candidate` (a lineage record) take `stage` from `current`?"""
     metric, refusals = policy.metric, _refusals(policy, candidate)
-    if refusals:
-        return {"promote": False, "stage": stage, "reason": "; ".join(refusals)}
+    differs = unlike(current[1], candidate, f"{current[1].get('artifact', '?')}@{current[0]}") if current else []
+    if refusals or differs:
+        hint = [own_name_hint(candidate)] if differs else []
+        return {"promote": False, "stage": stage, "reason": "; ".join(differs + refusals + hint),
+                **({"current": current[0]} if current else {})}
     if current is None:
         return {"promote": True, "stage": stage, "reason": f"no version is in stage {stage!r} yet"}
     version, record = current

@@ -6,6 +6,9 @@ Everything here runs in the one process DVC starts, before and around the ranks:
 it checks params and data (so a bad input costs no process start), builds the
 launcher's command (GPUs, CPU ranks, or several nodes through a hostfile),
 gives CPU ranks their share of the cores, and passes SIGTERM on to the ranks.
+DeepSpeed's start-up lines (its launcher's INFO log, the accelerator detection's
+warning) stay out of the log unless train.verbose; the ranks' side of that is in
+training/live.py.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from tasks.training.agreement import PREEMPTED
 from tasks.training.engine import ds_config, zero_stage
 from tasks.training.reshard import to_continue
 from tasks.training.run import fingerprint, model_config, n_outputs
+
+PORT_ENV = "DAGTRAIN_MASTER_PORT"  # overrides train.master_port without changing the params DVC tracks
 
 
 def hosts(p: Train, env: dict | None = None) -> dict[str, list[int]]:
@@ -145,15 +150,33 @@ def launcher_command(p: Train, env: dict | None = None) -> list[str]:
     importing torch and DeepSpeed before any rank starts (benchmarks/startup.py)."""
     env = os.environ if env is None else env
     module = ["--no_local_rank", "--module", "tasks.train"]
+    port = int(env.get(PORT_ENV) or p.master_port)  # a search gives each concurrent trial a port of its own
+    log_level = f"--log_level={'info' if p.verbose else 'warning'}"  # its INFO log: world info, spawned pids...
     if p.hostfile and "NODE_RANK" not in env:
-        return [sys.executable, "-u", "-m", "deepspeed.launcher.runner", f"--master_port={p.master_port}",
-                f"--hostfile={p.hostfile}", f"--master_addr={p.master_addr}", *module]
+        return [sys.executable, "-u", "-m", "deepspeed.launcher.runner", f"--master_port={port}",
+                f"--hostfile={p.hostfile}", f"--master_addr={p.master_addr}", log_level, *module]
     world_info = base64.urlsafe_b64encode(json.dumps(hosts(p, env)).encode()).decode()
     cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
-           f"--master_addr={p.master_addr if p.hostfile else '127.0.0.1'}", f"--master_port={p.master_port}"]
+           f"--master_addr={p.master_addr if p.hostfile else '127.0.0.1'}", f"--master_port={port}", log_level]
     if p.hostfile:
         cmd.append(f"--node_rank={env['NODE_RANK']}")
     return cmd + module
+
+
+def launcher_env(p: Train) -> dict:
+    """What the launcher and its ranks get besides this process's environment."""
+    return threads_per_rank(p) | accelerator_env(p)
+
+
+def accelerator_env(p: Train, env: dict | None = None) -> dict:
+    """Without a CUDA GPU this pipeline starts CPU ranks (hosts), so it tells DeepSpeed so: DS_ACCELERATOR=cpu.
+    Left to detect it, DeepSpeed warns "Setting accelerator to CPU. If you have GPU or other accelerator, we
+    were unable to detect it." once in the launcher and once in every rank, on every run. train.verbose lets
+    it detect (and warn); a DS_ACCELERATOR of the user's own is kept."""
+    env = os.environ if env is None else env
+    if p.verbose or "DS_ACCELERATOR" in env or torch.cuda.is_available():
+        return {}
+    return {"DS_ACCELERATOR": "cpu"}
 
 
 def threads_per_rank(p: Train) -> dict:

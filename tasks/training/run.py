@@ -13,6 +13,11 @@ validation data, the *contents* of a DeepSpeed JSON named by
 source of the code that computes them (SHAPING_CODE: the models, the loop, its
 loss, data order, DeepSpeed config and state). Anything else changed (the
 launcher, checkpoint handling, logging) resumes.
+
+The model file (write_model) is a function of the weights and the metadata
+alone: the metadata holds no time and no path, and its keys are sorted in the
+file (canonical_header), so training twice from scratch with one seed gives
+the same bytes, and the registry one version (tasks/registry/compare.py).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # the code whose source shapes the weights: the models, the loop, its loss, data order, engine and state
 SHAPING_CODE = ("models", "tasks/train.py", "tasks/training/data.py", "tasks/training/loss.py",
                 "tasks/training/engine.py", "tasks/training/state.py")
-WHERE_NOT_WHAT = {"num_procs", "master_port", "hostfile", "master_addr", "checkpoint"}
+WHERE_NOT_WHAT = {"num_procs", "master_port", "hostfile", "master_addr", "checkpoint", "verbose"}
 
 
 def n_outputs(transform: dict) -> int:
@@ -127,13 +132,41 @@ def write_model(engine, rank: int, model_path: Path, meta: dict) -> None:
             bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
             if bad:
                 raise NonFiniteLoss(f"train: non-finite values in {bad[:5]}; the model is not written")
-            with atomic_path(model_path) as tmp:  # the last good model survives a crash here
-                save_file(state, str(tmp), metadata=meta)
+            save_model_file(state, model_path, meta)
+
+
+def save_model_file(state: dict, path: Path, meta: dict) -> None:
+    """The model file: the same weights and metadata give the same bytes (canonical_header), and the last
+    good model survives a crash here (written aside, then moved into place)."""
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+        canonical_header(tmp)
+
+
+def canonical_header(path: Path) -> None:
+    """Sort the metadata keys of a safetensors file's header, in place.
+
+    Hand-written because safetensors keeps metadata in a Rust HashMap: the same weights and metadata come
+    out with the keys in another order at each save (another file, another sha256, another version). The
+    sorted header holds the same members, so it has the same length and is rewritten where it stands
+    (padded with spaces, as safetensors pads it); the tensors' order and offsets are left as written."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        meta = header.pop("__metadata__", None)
+        canon = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+        text = json.dumps(canon, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # a JSON escape serde writes shorter than Python: the header cannot stay in place
+            raise InputError(f"{path}: the safetensors header cannot be sorted in place ({len(text)} > {n} bytes)")
+        f.seek(8)
+        f.write(text.ljust(n))
 
 
 def model_metadata(params: Train, mcfg: dict, key: str, folder: Path, best: str) -> dict:
-    return {"model": params.model, "config": json.dumps(mcfg), "fingerprint": key, "run": folder.name,
-            "checkpoint": best}
+    """What rebuilds the model (its name and config) and where it came from (fingerprint, run folder,
+    checkpoint tag): strings fixed by the params, data and code, canonical JSON, no time and no path."""
+    return {"model": params.model, "config": json.dumps(mcfg, sort_keys=True, separators=(",", ":")),
+            "fingerprint": key, "run": folder.name, "checkpoint": best}
 
 
 def prune_other_runs(checkpoints: Path, keep: str) -> None:

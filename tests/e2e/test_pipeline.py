@@ -22,6 +22,9 @@ from tasks.training.checkpoints import MARKER, tags
 from tests.conftest import GIT_ENV, copy_repo, run, set_params
 
 pytestmark = pytest.mark.slow
+# DeepSpeed's start-up lines: its launcher's INFO log, the accelerator detection, the ranks' own notices
+NOISE = ("Setting accelerator to CPU", "Setting CUDA_VISIBLE_DEVICES", "[INFO]", "WORLD INFO DICT",
+         "spawned with command", "built successfully", "DeepSpeed info: version")
 DATA_STAGES = ("ingest", "clean", "augment")
 
 
@@ -37,7 +40,7 @@ def outs(repo, stage) -> dict:
 def repro_repo(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("repro"), master_port=29610)
     res = run(["dvc", "repro"], repo)
-    return repo, res.stdout
+    return repo, res.stdout + res.stderr
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,16 @@ def test_dvc_repro_trains_evaluates_and_registers(repro_repo):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert metrics["accuracy"] >= 0.90, metrics
+    # a clean tree: what the run wrote is committed with the version (dvc.lock whole) or ignored, and DVC
+    # asks no `git add` of files the run already committed
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""
+    assert "To track the changes with git" not in out
+    # a log, not a terminal: a plain line per epoch, no progress bar, none of DeepSpeed's start-up lines
+    # (train.verbose: false; with it on, tests/e2e/test_training_output.py)
+    assert "train: epoch 1/8 train_loss" in out and "train: epoch 8/8 train_loss" in out
+    assert "\r" not in out and "it/s]" not in out
+    for noise in NOISE:
+        assert noise not in out, noise
 
     # a complete DeepSpeed checkpoint after the last epoch: ZeRO stage 0 keeps the whole optimizer state with the
     # weights (rank 0 writes it), and every rank its own generators and position

@@ -1,8 +1,10 @@
 """The registry end to end on one trained repo: lineage both ways, load and predict, a fresh clone after
-`dvc pull`, tampered and pickled weights refused, a better model promoted, a worse one refused, rollback.
+`dvc pull`, tampered and pickled weights refused, the same model once (a renamed source, a second
+training from scratch), a better model promoted, a worse one refused, rollback, and another data set
+refused the digits' stage and registered under a name of its own.
 
-Slow (about 2 minutes): the real pipeline (`dvc repro`, DeepSpeed on 2 CPU ranks, GTO) trains a small
-MLP once for the whole module; tests run in file order on that repo.
+Slow (about 3.5 minutes on 2 cores): the real pipeline (`dvc repro`, DeepSpeed on 2 CPU ranks, GTO) trains a small
+MLP for the whole module; tests run in file order on that repo.
 """
 
 from __future__ import annotations
@@ -168,6 +170,36 @@ def test_tampered_or_pickled_weights_are_refused(trained, tmp_path):
     assert run(["git", "tag", "-l", "digits@*"], repo).stdout.split() == ["digits@v0.0.1"]
 
 
+def tags(repo) -> list[str]:
+    return sorted(run(["git", "tag", "-l"], repo).stdout.split())
+
+
+def test_a_renamed_source_registers_no_new_version(trained):
+    repo, _ = trained
+    before = tags(repo)
+    shutil.copy(resolve_local(SOURCE), repo / "data/sources/handwritten.csv.gz")  # the same data, renamed
+    set_params(repo, {"ingest.source": "data/sources/handwritten.csv.gz"})
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "the digits under another name"], repo)
+    out = run(["dvc", "repro"], repo).stdout  # ingest, clean and register rerun; exit 0
+    assert "register: same as digits@v0.0.1: weights, preprocessing and data unchanged; no new version" in out
+    assert "Running stage 'train'" not in out
+    assert tags(repo) == before
+    assert (repo / "registry/lineage.json").read_text() == run(["git", "show", "digits@v0.0.1:registry/lineage.json"],
+                                                               repo).stdout
+
+
+def test_training_again_from_scratch_writes_the_same_file(trained):
+    repo, _ = trained
+    registered = lineage_at(repo, "digits@v0.0.1")["model"]["sha256"]
+    assert hashlib.sha256((repo / MODEL).read_bytes()).hexdigest() == registered
+    shutil.rmtree(repo / "checkpoints")
+    (repo / MODEL).unlink()
+    out = run([sys.executable, "-m", "tasks.train"], repo, timeout=600).stdout
+    assert "train: epoch 1/1" in out  # trained afresh, not resumed
+    assert hashlib.sha256((repo / MODEL).read_bytes()).hexdigest() == registered
+
+
 def test_better_is_promoted_worse_is_refused_and_rollback_restores_the_previous(trained, tmp_path):
     from tasks.loading import load_model
 
@@ -206,3 +238,43 @@ def test_better_is_promoted_worse_is_refused_and_rollback_restores_the_previous(
     assert str(m.version) == "digits@v0.0.1" and m.lineage["model"]["sha256"] == first
     v1 = load_file(str(tmp_path / "got.safetensors"))
     assert all(torch.equal(m.module.state_dict()[k], v1[k]) for k in v1)
+
+
+def test_another_data_set_takes_no_stage_from_the_digits_and_registers_under_its_own_name(trained):
+    """The breast-cancer table (string labels, 30 named columns) after the digits: refused the digits' prod,
+    then registered under a name of its own by params and the dvc.yaml entry the error gives."""
+    from sklearn.datasets import load_breast_cancer
+
+    repo, _ = trained
+    frame = load_breast_cancer(as_frame=True).frame
+    frame["target"] = frame["target"].map({0: "malignant", 1: "benign"})
+    frame.to_csv(repo / "data/sources/breast_cancer.csv", index=False)
+    set_params(repo, {"ingest.source": "data/sources/breast_cancer.csv", "ingest.header": True,
+                      "ingest.label_column": "target", "ingest.image_shape": None, "clean.per_column": True,
+                      "contract.columns": {"target": {"type": "category", "allowed": ["benign", "malignant"]}}})
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "breast cancer"], repo)
+    out = run(["dvc", "repro"], repo).stdout
+    assert "register: digits v0.0.4" in out and "not promoted to prod" in out
+    reason = lineage_at(repo, "digits@v0.0.4")["promotion"]["reason"]
+    assert "label set differs: holder digits@v0.0.1 has [0..9], candidate has ['benign', 'malignant']" in reason
+    assert "input schema differs: holder digits@v0.0.1 reads 64 column(s), candidate 30" in reason
+    assert "register: name: breast-cancer" in reason
+    assert prod(repo) == "v0.0.1"
+    card = run(["git", "show", "digits@v0.0.4:registry/model_card.md"], repo).stdout
+    assert "- source: `data/sources/breast_cancer.csv` (table)" in card and "569 rows, 31 columns" in card
+    assert "benign (357 rows), malignant (212 rows)" in card and "handwritten" not in card
+
+    set_params(repo, {"register.name": "breast-cancer"})
+    failed = run(["dvc", "repro"], repo, check=False)
+    assert failed.returncode != 0 and "add under `artifacts:` in dvc.yaml" in failed.stderr + failed.stdout
+    said = (failed.stderr + failed.stdout).split("add under `artifacts:` in dvc.yaml\n", 1)[1]
+    entry = "".join(line + "\n" for line in said.splitlines()[:3])  # the three lines of the entry
+    dvc_yaml = (repo / "dvc.yaml").read_text()
+    (repo / "dvc.yaml").write_text(dvc_yaml.replace("\nartifacts:\n", "\nartifacts:\n" + entry, 1))
+    run(["git", "commit", "-qam", "a model of its own"], repo)
+    out = run(["dvc", "repro"], repo).stdout
+    assert "register: breast-cancer v0.0.1" in out and "promoted to prod: no version is in stage 'prod' yet" in out
+    own = json.loads(sh(repo, "tasks.registry", "--json", "lineage", "breast-cancer@prod").stdout)
+    assert own["version"] == "v0.0.1" and own["signature"]["labels"] == ["benign", "malignant"]
+    assert prod(repo) == "v0.0.1"  # the digits' holder untouched

@@ -87,12 +87,13 @@ def deployed_run(tmp_path_factory, server):
 def test_deploy_all_creates_both_schedules_with_overlap_policies(deployed_run):
     url, _, _ = deployed_run
     deployments = {d["name"]: d for d in api(url, "/deployments/filter", {})}
-    assert set(deployments) == {"nightly", "new-data"}
+    assert set(deployments) == {"nightly", "new-data", "hpo"}
+    assert deployments["hpo"]["entrypoint"] == "flows/hpo.py:hpo" and deployments["hpo"]["parameters"]["register_best"]
     assert [s["schedule"]["cron"] for s in deployments["nightly"]["schedules"]] == ["0 2 * * *"]
     assert deployments["new-data"]["parameters"]["only_if_new_data"] is True
     policy = {n: (d["global_concurrency_limit"]["limit"], d["concurrency_options"]["collision_strategy"])
               for n, d in deployments.items()}
-    assert policy == {"nightly": (1, "ENQUEUE"), "new-data": (1, "CANCEL_NEW")}
+    assert policy == {"nightly": (1, "ENQUEUE"), "new-data": (1, "CANCEL_NEW"), "hpo": (1, "ENQUEUE")}
 
 
 def test_worker_run_completes_with_task_runs_and_artifacts(deployed_run):

@@ -98,6 +98,13 @@ def test_per_column_strategies_outliers_and_categories(tmp_path):
     assert num["age"]["strategy"] == "mean" and 20 <= num["age"]["fill"] <= 60
     assert num["age"]["scale"] < 100 < num["income"]["scale"]  # years and money, each by its own range
     assert num["income"]["clip"][1] < 1_000_000  # the outlier is clipped to the 98% quantile
+    raw, outside = pq.read_table(tmp_path / "raw.parquet"), {}  # the report counts every value clipped, per column
+    for c in ("age", "income"):  # every row is kept (no duplicates, all labeled): filled, then clipped
+        x = np.nan_to_num(transform.as_float64(raw[c]), nan=num[c]["fill"])
+        outside[c] = int(np.count_nonzero((x < num[c]["clip"][0]) | (x > num[c]["clip"][1])))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["clipped_by_column"] == {c: k for c, k in outside.items() if k} and outside["income"] >= 1
+    assert report["values_clipped"] == sum(outside.values())
     assert t["categorical"][0]["categories"] == ["oslo", "paris", "rome"]  # mode filled, no extra category
     assert t["features"] == ["age", "income", "city=oslo", "city=paris", "city=rome"]
     x = read_model_table(tmp_path / "clean.arrow")

@@ -78,13 +78,13 @@ def test_wrong_delimiter_with_decimal_commas_suggests_the_right_one(root):
 
 def test_mixed_types_are_reported_with_rows(root):
     lines = ["a,b,label"] + [f"{i},{i * 2},{i % 2}" for i in range(20)]
-    lines[5], lines[9] = "oops,8,0", "twelve,16,0"  # data rows 5 and 9
+    lines[5], lines[9] = "oops,8,0", "twelve,16,0"  # lines 6 and 10 of the file, as an editor counts them
     refused(root, write_csv(root / "mixed.csv", lines), "column 'a'", "mixed types", "mostly numbers")
     r = report(root)
     assert r["ok"] is False
     assert r["violations"] == [{"check": "type", "column": "a", "rows": 2,
                                 "message": "mixed types: mostly numbers, but 2 value(s) are not",
-                                "examples": ["row 5: 'oops'", "row 9: 'twelve'"]}]
+                                "examples": ["line 6: 'oops'", "line 10: 'twelve'"]}]
 
 
 def test_all_null_column(root):
@@ -171,8 +171,8 @@ def test_every_contract_violation_is_reported_at_once(root):
     msg = refused(root, write_csv(root / "declared.csv", lines), "7 violation(s)", failed,
                   "10 data rows, at least 50 required", "column 'weight': declared column missing",
                   "column 'extra': column not declared in contract.columns",
-                  "column 'a': 4 value(s) outside [0.0, 5.0] e.g. row 7: 6",
-                  "column 'color': 3 value(s) not in ['red', 'blue'] e.g. row 3: 'green'",
+                  "column 'a': 4 value(s) outside [0.0, 5.0] e.g. line 8: 6",
+                  "column 'color': 3 value(s) not in ['red', 'blue'] e.g. line 4: 'green'",
                   "classes with fewer than 2 rows: {'1': 1}", "largest/smallest class is 9.0, at most 3.0 allowed",
                   contract=contract)
     assert len(msg.splitlines()) == 8
@@ -181,7 +181,7 @@ def test_every_contract_violation_is_reported_at_once(root):
     assert [(v["check"], v["column"], v["rows"]) for v in r["violations"]] == [
         ("rows", None, 10), ("columns", "weight", 10), ("columns", "extra", 10), ("range", "a", 4),
         ("allowed", "color", 3), ("balance", "label", 1), ("balance", "label", 10)]
-    assert r["violations"][3]["examples"] == ["row 7: 6", "row 8: 7", "row 9: 8", "row 10: 9"]
+    assert r["violations"][3]["examples"] == ["line 8: 6", "line 9: 7", "line 10: 8", "line 11: 9"]
 
 
 def test_allowed_values_of_float_and_bool_columns():
@@ -237,8 +237,8 @@ def test_profile_and_drift_directly():
     a = pa.table({"x": [1.0, 2.0, 3.0, None], "c": ["u", "v", "u", "u"], "label": [0, 1, 0, 1]})
     p = profile(a, "label", None)
     assert p["rows"] == 4 and p["labels"] == {"0": 2, "1": 2}
-    assert p["columns"]["x"] | {"std": 1} == {"kind": "number", "type": "double", "missing": 1, "mean": 2.0,
-                                             "std": 1, "min": 1.0, "max": 3.0}
+    assert p["columns"]["x"] | {"std": 1} == {"kind": "number", "type": "double", "missing": 1, "non_finite": 0,
+                                             "mean": 2.0, "std": 1, "min": 1.0, "max": 3.0}
     assert p["columns"]["c"]["top"] == {"u": 3, "v": 1}
     assert drift(None, p, Drift()) == {"against": None, "exceeded": []}
     b = profile(a.set_column(2, "label", pa.array([0, 0, 0, 1])), "label", None)

@@ -11,7 +11,7 @@ from models import build
 from tasks.augment import augment
 from tasks.data.tables import read_model_table
 from tasks.errors import InputError
-from tasks.evaluate import evaluate
+from tasks.evaluate import evaluate, read_metrics
 from tasks.params import Augment, Evaluate
 from tasks.weights import rebuild_model
 
@@ -42,11 +42,19 @@ def test_metrics_plots_and_figures(staged, tmp_path):
                                    {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.8}]))
     m = evaluate(Evaluate(), tmp_path / "model.safetensors", tmp_path / "splits/test.parquet",
                  staged["transform"], history, tmp_path / "metrics.json", tmp_path / "confusion.json",
-                 tmp_path / "figures")
-    assert json.loads((tmp_path / "metrics.json").read_text()) == m
+                 tmp_path / "figures", tmp_path / "per_class.json")
+    headline = json.loads((tmp_path / "metrics.json").read_text())
+    # `dvc metrics show` fits a terminal: a few flat numbers, what register and the flow read among them
+    assert len(headline) <= 12 and all(isinstance(v, (int, float)) for v in headline.values()), headline
+    assert {"accuracy", "f1_macro", "precision_macro", "recall_macro", "test_rows"} <= set(headline)
     assert m["accuracy"] > 0.6  # three well separated classes
-    assert set(m["per_class"]) == {"0", "1", "2"}
-    assert sum(c["support"] for c in m["per_class"].values()) == m["test_rows"]
+    rows = json.loads((tmp_path / "per_class.json").read_text())  # the table `dvc plots show` draws
+    assert [r["class"] for r in rows] == ["0", "1", "2"]
+    assert all(set(r) == {"class", "precision", "recall", "f1", "support"} for r in rows)
+    assert sum(r["support"] for r in rows) == m["test_rows"]
+    # read back as one dict, as the model card and the Prefect table take it; evaluate returns the same
+    assert read_metrics(tmp_path / "metrics.json", tmp_path / "per_class.json") == m == headline | {
+        "per_class": {r["class"]: {k: r[k] for k in ("precision", "recall", "f1", "support")} for r in rows}}
     pairs = json.loads((tmp_path / "confusion.json").read_text())
     assert len(pairs) == m["test_rows"]
     assert sum(p["actual"] == p["predicted"] for p in pairs) / len(pairs) == pytest.approx(m["accuracy"])

@@ -68,3 +68,21 @@ def test_repeated_column_names_are_named(tmp_path):
     (tmp_path / "s.csv").write_text("a,a,label\n1,2,0\n3,4,1\n")
     with pytest.raises(InputError, match="column 'a': column name appears more than once"):
         run_ingest(tmp_path / "s.csv", tmp_path)
+
+
+def test_a_renamed_source_of_the_same_bytes_is_the_same_data_version(tmp_path):
+    """The path is for people (the contract report); the snapshot, the manifest and so clean's deps, and the
+    data version are the data's alone: a rename reruns nothing downstream."""
+    first = tiny_csv(tmp_path / "customers.csv")
+    second = tmp_path / "sub" / "renamed_2024.csv"
+    second.parent.mkdir()
+    second.write_bytes(first.read_bytes())
+    a, b = run_ingest(first, tmp_path / "a"), run_ingest(second, tmp_path / "b")
+    assert a["version"] == b["version"]
+    for k in ("raw", "manifest"):
+        assert paths(tmp_path / "a")[k].read_bytes() == paths(tmp_path / "b")[k].read_bytes(), k
+    assert str(first) not in paths(tmp_path / "a")["manifest"].read_text()
+    assert json.loads(paths(tmp_path / "b")["contract"].read_text())["source"] == str(second)
+    manifest = paths(tmp_path / "a")["manifest"].read_bytes()
+    run_ingest(second, tmp_path / "a")  # the renamed file over the old snapshot: nothing of the data changes
+    assert paths(tmp_path / "a")["manifest"].read_bytes() == manifest

@@ -86,6 +86,9 @@ def test_a_headerless_csv_reads_like_the_source_with_or_without_labels(tmp_path,
     predict_files(m, [write_csv(tmp_path / "a.csv", *pixels, header=False)], tmp_path / "a.parquet")
     predict_files(m, [write_csv(tmp_path / "b.csv", pixels[0], header=False)], tmp_path / "b.parquet")
     assert pq.read_table(tmp_path / "a.parquet")["prediction"] == pq.read_table(tmp_path / "b.parquet")["prediction"]
+    (tmp_path / "d.csv").write_text("1,2,3,4\n5,6,x,8\n")  # no header: the column named as ingest named it
+    with pytest.raises(InputError, match=r"d.csv: line 2, column 'x2': 'x' is not a valid"):
+        predict_files(m, [tmp_path / "d.csv"], tmp_path / "d.parquet")
     (tmp_path / "c.csv").write_text("1,2,3\n")
     with pytest.raises(InputError, match=r"c.csv: 3 columns in the first line; .* give 4 or 5"):
         predict_files(m, [tmp_path / "c.csv"], tmp_path / "c.parquet")
@@ -97,9 +100,16 @@ def test_bad_inputs_are_named_and_write_nothing(tmp_path, pixels):
     (tmp_path / "nox2.csv").write_text("x0,x1,x3\n1,2,3\n")
     with pytest.raises(InputError, match=r"nox2.csv: missing column\(s\) \['x2'\]"):
         predict_files(m, [tmp_path / "nox2.csv"], out)
-    (tmp_path / "words.csv").write_text("x0,x1,x2,x3\n1,2,3,4\n1,two,3,4\n")
-    with pytest.raises(InputError, match="words.csv: cannot be read as the model's source was"):
-        predict_files(m, [tmp_path / "words.csv"], out)
+    # a bad value: its column by name and the file's line (1-based, the header line 1), wherever the batch starts
+    (tmp_path / "words.csv").write_text("x0,x1,x2,x3\n" + "1,2,3,4\n" * 50 + '1,2,"3,\n3",4\n1,2,3,4\n1,two,3,4\n')
+    with pytest.raises(InputError, match=r"words.csv: line 55, column 'x1': 'two' is not a valid int64"):
+        predict_files(m, [tmp_path / "words.csv"], out, batch_rows=7)
+    (tmp_path / "words.jsonl").write_text('{"x0": 1, "x1": 2, "x2": 3, "x3": 4}\n' * 3 + '\n{"x0": 1, "x1": "two"}\n')
+    with pytest.raises(InputError, match=r"words.jsonl: line 5, column 'x1': a string where earlier lines have a num"):
+        predict_files(m, [tmp_path / "words.jsonl"], out)
+    (tmp_path / "short.csv").write_text("x0,x1,x2,x3\n1,2,3,4\n1,2,3\n")
+    with pytest.raises(InputError, match=r"short.csv: line 3: 3 values where the header has 4 \(x0, x1, x2, x3\)"):
+        predict_files(m, [tmp_path / "short.csv"], out)
     (tmp_path / "imgs").mkdir()
     Image.fromarray(np.zeros((3, 3), np.uint8), mode="L").save(tmp_path / "imgs" / "big.png")
     Image.fromarray(np.zeros((2, 2, 3), np.uint8), mode="RGB").save(tmp_path / "imgs" / "rgb.png")

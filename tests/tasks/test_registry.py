@@ -6,8 +6,10 @@ tested end to end in tests/e2e/test_registry.py).
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,6 +21,8 @@ from tasks.params import Register
 from tasks.register import register
 from tests.conftest import ROOT
 from tests.tasks.test_register import produce, repo  # noqa: F401  (the fixture)
+
+TWO_CLASSES = {"rows": 4, "classes": ["0", "1"], "predicted": ["0", "1"]}  # a test split metrics mean something on
 
 
 def holder(stage="prod"):
@@ -50,7 +54,8 @@ def test_the_policy_reads_which_way_the_metric_points(metric, declared, better):
     held = ("v0.0.1", {"metrics": {metric: 0.7}})
     worse = 0.9 if better == 0.5 else 0.5
     for value, promoted in ((better, True), (worse, False), (0.7, False)):
-        decision = registry.decide(policy, "prod", {"contract": {"ok": True}, "metrics": {metric: value}}, held)
+        candidate = {"contract": {"ok": True}, "metrics": {metric: value}, "test_split": TWO_CLASSES}
+        decision = registry.decide(policy, "prod", candidate, held)
         assert decision["promote"] is promoted, (value, decision)
         assert ("does not beat" not in decision["reason"]) is promoted
 
@@ -109,6 +114,7 @@ def test_a_data_version_that_failed_its_contract_is_not_promoted(repo):  # noqa:
         in rec["promotion"]["reason"]
     assert holder() == "v0.0.1"
     write_json(repo.paths.contract_report, {"ok": True, "version": "d0", "violations": []})  # another version's
+    produce(repo, 0.99, seed=3)
     assert "is about data version d0, not d1" in register(repo)["promotion"]["reason"]
 
 
@@ -137,24 +143,40 @@ def test_lineage_and_trained_on_read_the_versions_dvc_lock(repo):  # noqa: F811
         registry.trained_on("data/raw")
 
 
-def test_four_registrations_at_once_get_four_versions_and_keep_every_tag(repo):  # noqa: F811
+def worktree(p, name: str, seed: int) -> Path:
+    """Another checkout of the repo (git worktree: the same tags, notes and registry lock) holding the
+    pipeline's outputs, with a model of its own."""
+    root = Path(f"../{name}").resolve()
+    subprocess.run(["git", "worktree", "add", "-q", "-b", name, str(root)], check=True)
+    for part in ("data", "reports", "checkpoints", "model"):
+        shutil.copytree(part, root / part, dirs_exist_ok=True)
+    produce(p, 0.9, seed, root=root)
+    return root
+
+
+def test_four_registrations_at_once_get_a_version_each_and_the_same_model_once(repo):  # noqa: F811
     produce(repo, 0.9, seed=1)
+    roots = [worktree(repo, f"w{i}", seed) for i, seed in enumerate((1, 2, 3, 1))]  # w3: w0's model again
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-m", "tasks.register"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tasks.register"], cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for root in roots]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outs
     tags = subprocess.run(["git", "tag", "-l"], capture_output=True, text=True).stdout.split()
-    assert sorted(t for t in tags if t.startswith("digits@")) == [f"digits@v0.0.{i}" for i in range(1, 5)]
+    assert sorted(t for t in tags if t.startswith("digits@")) == [f"digits@v0.0.{i}" for i in range(1, 4)]
     assert [t for t in tags if t.startswith("digits#")] == ["digits#prod#1"]  # the first; the rest only tie
-    printed = sorted(out.split()[2] for out, _ in outs)  # "register: digits v0.0.N at ..."
-    assert printed == [f"v0.0.{i}" for i in range(1, 5)]
-    for i in range(1, 5):  # each version's commit holds its own lineage, and its decision is recorded
+    printed = [out.split("\n")[0] for out, _ in outs]
+    made = sorted(line.split()[2] for line in printed if line.startswith("register: digits v0.0."))
+    assert made == ["v0.0.1", "v0.0.2", "v0.0.3"], printed
+    (same,) = [line for line in printed if line.startswith("register: same as digits@")]
+    twin = same.split()[3].rstrip(":")  # the version w0 or w3 made, whichever was first
+    assert registry.read_lineage(registry.resolve(twin))["model"]["sha256"] == \
+        json.loads((roots[0] / repo.paths.lineage).read_text())["model"]["sha256"]
+    for i in range(1, 4):  # each version's commit holds its own lineage, and its decision is recorded
         v = registry.resolve(f"digits@v0.0.{i}")
         assert registry.read_lineage(v)["version"] == f"v0.0.{i}"
         assert [d["action"] for d in registry.decisions(v.commit)] == ["register"]
-    commits = {registry.resolve(f"digits@v0.0.{i}").commit for i in range(1, 5)}
-    assert len(commits) == 4
+    assert len({registry.resolve(f"digits@v0.0.{i}").commit for i in range(1, 4)}) == 3
     assert holder() == "v0.0.1"
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from tasks.errors import InputError, TransientIOError
 from tasks.ingest import ingest
-from tasks.params import Ingest
+from tasks.params import ColumnRule, Ingest
 from tests.tasks.conftest import paths, run_ingest, tiny_contract, tiny_csv
 
 CSV = b"a,b,label\n1,2,x\n3,4,y\n5,6,x\n7,8,y\n"
@@ -235,3 +235,82 @@ def test_missing_s3_key_is_an_input_error(tmp_path, s3):
     with pytest.raises(InputError, match=r"s3://data/nope\.csv: not found"):
         run_ingest("s3://data/nope.csv", root, storage_options={"client_kwargs": {"endpoint_url": s3[1]}})
     assert files_of(root) == before
+
+
+# --- rows named as a person finds them; what an image folder holds besides images -------------------------------
+
+def _examples(root) -> list[str]:
+    return json.loads((root / "contract.failed.json").read_text())["violations"][0]["examples"]
+
+
+@pytest.mark.parametrize("name, write, where", [
+    ("s.csv", lambda t, p: pacsv.write_csv(t, p), "line 4"),  # the header is line 1, data row 0 line 2
+    ("s.jsonl", lambda t, p: p.write_text("".join(json.dumps(r) + "\n" for r in t.to_pylist())), "line 3"),
+    ("s.parquet", lambda t, p: pq.write_table(t, p), "row 3"),
+], ids=["csv", "jsonl", "parquet"])
+def test_example_rows_are_named_by_line_or_row(tmp_path, name, write, where):
+    t = pa.table({"a": [1, 2, 9, 3], "label": [0, 1, 0, 1]})  # the bad value is data row 2 (0-based)
+    write(t, tmp_path / name)
+    with pytest.raises(InputError, match=rf"e\.g\. {where}: 9$"):
+        run_ingest(tmp_path / name, tmp_path, tiny_contract(columns={"a": ColumnRule(max=5)}))
+    assert _examples(tmp_path) == [f"{where}: 9"]
+
+
+def test_a_csv_without_header_counts_from_line_one_and_a_folder_names_the_file(tmp_path):
+    (tmp_path / "s.csv").write_text("1,0\n9,1\n")
+    with pytest.raises(InputError, match=r"e\.g\. line 2: 9$"):
+        run_ingest(tmp_path / "s.csv", tmp_path, tiny_contract(columns={"x0": ColumnRule(max=5)}), header=False)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.csv").write_text("a,label\n1,0\n2,1\n")
+    (tmp_path / "src" / "b.csv").write_text("a,label\n3,0\n9,1\n")
+    with pytest.raises(InputError, match=r"e\.g\. b\.csv line 3: 9$"):
+        run_ingest(tmp_path / "src", tmp_path, tiny_contract(columns={"a": ColumnRule(max=5)}))
+
+
+def test_an_image_row_is_named_by_its_file(tmp_path):
+    from tests.tasks.test_contract import image_folder
+
+    folder = image_folder(tmp_path / "img", {})  # pixel x0: a 0, 10, 20; b 100, 110, 120
+    with pytest.raises(InputError, match=r"e\.g\. b/1\.png: 110; b/2\.png: 120"):
+        run_ingest(folder, tmp_path, tiny_contract(columns={"x0": ColumnRule(max=105)}), image_shape=(4, 4))
+
+
+def test_a_csv_row_of_the_wrong_width_is_named_by_its_line(tmp_path):
+    (tmp_path / "s.csv").write_text('a,b,label\n1,"two\nlines",0\n\n3,4\n5,6,1\n')
+    with pytest.raises(InputError, match=r"s\.csv: line 5 has 2 value\(s\), line 1 has 3"):
+        run_ingest(tmp_path / "s.csv", tmp_path)
+
+
+@pytest.mark.parametrize("lines, words", [
+    (['{"a": 1, "label": 0}', "", '{"a": 2, "label": 1}', '{"a": "x", "label": 0}'],
+     r"column 'a': mixed types: a number on line 1, a string on line 4"),
+    (['{"a": 1, "label": 0}', '{"a": 2 "label": 1}'], r"line 2 is not valid JSON \(Expecting ','"),
+    (['{"a": 1, "label": 0}', '', '{"a": 1e400, "label": 1}'], r"line 3 is not valid JSON \(the number 1e400 is "
+                                                               r"too big for a double"),
+    (['{"a": 1, "label": 0}', "[1, 0]"], r"line 2 holds a JSON list, not an object"),
+], ids=["type-change", "syntax", "too-big", "not-an-object"])
+def test_a_bad_json_line_is_named_by_its_line(tmp_path, lines, words):
+    (tmp_path / "s.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"s\.jsonl: {words}"):
+        run_ingest(tmp_path / "s.jsonl", tmp_path)
+
+
+def test_what_an_image_folder_holds_besides_images_is_skipped_by_name(tmp_path, capsys):
+    from tests.tasks.test_contract import image_folder
+
+    folder = image_folder(tmp_path / "img", {"a/notes.txt": b"taken on a Tuesday", "stray.png": ("L", (4, 4)),
+                                             ".DS_Store": b"", "README.md": b"the digits, as PNG"})
+    (folder / "empty").mkdir()
+    (folder / "b" / "deeper").mkdir()
+    deeper = folder / "b" / "deeper" / "x.png"
+    deeper.write_bytes((folder / "a" / "0.png").read_bytes())
+    m = run_ingest(folder, tmp_path / "out", image_shape=(4, 4))
+    assert m["rows"] == 6
+    expected = [f"{folder / 'a' / 'notes.txt'}: not an image file", f"{folder / 'b' / 'deeper'}: a folder inside "
+                f"class folder 'b', not read", f"{folder / 'empty'}: an empty class folder (no image files), so no "
+                f"class 'empty'", f"{folder / 'stray.png'}: a file beside the class folders, in none of them"]
+    skipped = json.loads((tmp_path / "out" / "contract.json").read_text())["skipped"]
+    assert [s[:len(e)] for s, e in zip(skipped, expected)] == expected and len(skipped) == 4
+    err = capsys.readouterr().err.splitlines()
+    assert [line[:len("ingest: warning: skipped ") + len(e)] for line, e in zip(err, expected)] == [
+        f"ingest: warning: skipped {e}" for e in expected]

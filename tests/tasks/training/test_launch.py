@@ -18,7 +18,14 @@ import torch
 from tasks.errors import InputError
 from tasks.params import Train
 from tasks.training import checkpoints as ckpt
-from tasks.training.launch import launch, launcher_command, precheck, refuse_other_world, threads_per_rank
+from tasks.training.launch import (
+    accelerator_env,
+    launch,
+    launcher_command,
+    precheck,
+    refuse_other_world,
+    threads_per_rank,
+)
 from tests.conftest import ROOT
 
 
@@ -76,6 +83,23 @@ def test_several_nodes_through_a_hostfile_with_or_without_ssh(monkeypatch, tmp_p
     per_node = launcher_command(p, env={"NODE_RANK": "1"})  # each node its own per-node launcher
     assert per_node[3] == "deepspeed.launcher.launch" and {"--node_rank=1", "--master_addr=10.0.0.1"} <= set(per_node)
     assert world_info(per_node) == {"node-a": [0, 1], "node-b": [0, 1, 2]}
+
+
+def test_deepspeeds_start_up_lines_are_off_unless_train_verbose(monkeypatch, tmp_path):
+    """Its launcher's INFO log (world info, CUDA_VISIBLE_DEVICES, the spawned processes) and, without a GPU,
+    the accelerator detection that warns in the launcher and in every rank. What a real run prints either
+    way is in tests/e2e/test_training_output.py."""
+    monkeypatch.chdir(tmp_path)
+    Path("hostfile").write_text("node-a slots=2\n")
+    quiet, verbose = Train(hostfile="hostfile"), Train(hostfile="hostfile", verbose=True)
+    for env in ({}, {"NODE_RANK": "0"}):  # DeepSpeed's runner (ssh to every node), its per-node launcher
+        assert "--log_level=warning" in launcher_command(quiet, env)
+        assert "--log_level=info" in launcher_command(verbose, env)
+    assert launcher_command(Train())[-3:] == ["--no_local_rank", "--module", "tasks.train"]  # the script's own
+    gpu = torch.cuda.is_available()  # a GPU is detected without a word; CPU ranks are named, not detected
+    assert accelerator_env(Train(), env={}) == ({} if gpu else {"DS_ACCELERATOR": "cpu"})
+    assert accelerator_env(Train(verbose=True), env={}) == {}  # DeepSpeed detects, and says so
+    assert accelerator_env(Train(), env={"DS_ACCELERATOR": "cuda"}) == {}  # the user's choice stands
 
 
 def test_cpu_ranks_share_the_cores(monkeypatch):
