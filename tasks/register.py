@@ -29,6 +29,7 @@ fails.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -239,6 +240,8 @@ def record(p: Params, metrics: dict, meta: dict, flow_run_id: str | None) -> dic
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "prefect_flow_run_id": flow_run_id or None,
     }
+    if os.environ.get("DAGTRAIN_SEARCH"):  # the winner of a search (flows/hpo.py): its study, trial and sampler
+        rec["search"] = json.loads(os.environ["DAGTRAIN_SEARCH"])
     if p.register.require_reproducible:
         rec["reproducible"] = reproducibility(p, metrics, dirty)
     return rec

@@ -105,10 +105,12 @@ class Slot:
         if not (self.path / ".git").exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             git("clone", "--quiet", "--shared", "--no-checkout", str(self.repo), str(self.path), cwd=self.repo)
-            subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "cache.dir",
-                            str(cache_dir(self.repo))], cwd=self.path, check=True, capture_output=True)
         git("checkout", "--quiet", "--force", "--detach", baseline, cwd=self.path)
         git("clean", "-fdq", cwd=self.path)  # untracked leftovers of the last trial; ignored outputs stay
+        if not (self.path / ".dvc" / "config.local").exists():  # after the checkout: before it, DVC would
+            # find the repo around the slot and set that repo's cache instead
+            subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "cache.dir",
+                            str(cache_dir(self.repo))], cwd=self.path, check=True, capture_output=True)
 
     def run(self, baseline: str, name: str, overrides: list[str], env: dict, log=None) -> TrialResult:
         self.prepare(baseline)

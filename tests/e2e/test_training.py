@@ -236,7 +236,8 @@ def test_early_stopping_keeps_the_best_epoch(prepared, tmp_path):
 def test_two_launchers_as_two_nodes_train_like_one_launcher_with_two_ranks(prepared, reference, tmp_path):
     """Multi-node without ssh: one launcher per node (NODE_RANK), one rank each, node 0's address; on
     one machine the two "nodes" are two host names for it. World size 2, so the very same weights."""
-    repo = fresh(prepared, tmp_path / "repo", 29776, **{"train.hostfile": "hostfile", "train.num_procs": 1})
+    repo = fresh(prepared, tmp_path / "repo", 29776, **{"train.hostfile": "hostfile", "train.num_procs": 1,
+                                                                    "train.verbose": True})
     (repo / "hostfile").write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     # both "nodes" share this machine's cores, as the reference's two ranks did: one thread each, the same
     # arithmetic (a node of its own would give its rank every core, and sums in another order)
