@@ -14,7 +14,8 @@ made of it:
 - refused: the message names the source, and every column the report blames; the snapshot, the manifest,
   the contract report and every downstream file are byte-identical.
 
-Derandomized (the same examples on every run) and bounded: about 40 s on 2 cores.
+Derandomized (the same examples on every run) and bounded: 120 examples, about half accepted, 20-45 s on
+2 busy cores.
 """
 
 from __future__ import annotations
