@@ -100,8 +100,8 @@ def test_the_winner_is_registered_with_its_trial_and_reevaluates_to_its_metric(s
         assert not run(["git", "tag", "--points-at", ref], repo).stdout.strip()
 
 
-@pytest.mark.xfail(strict=False, reason="unverified at the stop: the pruning, kill -9 and PostgreSQL runs failed or did "
-                   "not run after the last changes (see the closing note of stop 20)")
+@pytest.mark.xfail(strict=False, reason="unverified at the stop: failed or not run after the last "
+                   "changes (see the closing note of stop 20)")
 def test_a_bad_learning_rate_is_pruned_and_every_rank_stops_at_that_epoch(searched):
     from flows.hpo import hpo
 
@@ -131,8 +131,8 @@ def test_a_bad_learning_rate_is_pruned_and_every_rank_stops_at_that_epoch(search
     assert ckpt.rank_loop(last, 0)["loss_n"] == ckpt.rank_loop(last, 1)["loss_n"]  # the same batches, then stop
 
 
-@pytest.mark.xfail(strict=False, reason="unverified at the stop: the pruning, kill -9 and PostgreSQL runs failed or did "
-                   "not run after the last changes (see the closing note of stop 20)")
+@pytest.mark.xfail(strict=False, reason="unverified at the stop: failed or not run after the last "
+                   "changes (see the closing note of stop 20)")
 def test_a_killed_search_continues_the_same_study_with_no_trial_lost_or_run_twice(searched, tmp_path):
     repo, _ = searched
     set_params(repo, {"train.epochs": 2, "hpo.study": "resume", "hpo.procs_per_trial": 1, "hpo.parallel": 1,
@@ -168,8 +168,8 @@ def test_a_killed_search_continues_the_same_study_with_no_trial_lost_or_run_twic
     assert cut_trial.state == TrialState.FAIL or cut_trial.user_attrs["experiment"] in exps, out[-2000:]
 
 
-@pytest.mark.xfail(strict=False, reason="unverified at the stop: the pruning, kill -9 and PostgreSQL runs failed or did "
-                   "not run after the last changes (see the closing note of stop 20)")
+@pytest.mark.xfail(strict=False, reason="unverified at the stop: failed or not run after the last "
+                   "changes (see the closing note of stop 20)")
 def test_two_workers_share_one_study_on_postgresql(searched, postgres, tmp_path):
     repo, _ = searched
     set_params(repo, {"train.epochs": 1, "hpo.study": "shared", "hpo.storage": postgres, "hpo.parallel": 1,
