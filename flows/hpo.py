@@ -145,13 +145,13 @@ class Search:
         row = self.rows[trial.number]
         try:
             r = future.result()
-        except Exception as e:  # the trial's run failed: recorded, its budget spent again
+            value = objective(r["history"], self.h.metric, self.direction)
+        except Exception as e:  # the trial's run failed (or wrote no metric): recorded, its budget spent again
             trial.set_user_attr("error", str(e)[-2000:])
             self.study.tell(trial, state=TrialState.FAIL)
             row.update(state="failed")
             print(f"hpo: trial {trial.number} failed: {str(e).splitlines()[0]}")
             return
-        value = objective(r["history"], self.h.metric, self.direction)
         row.update(epochs=len(r["history"]), **{self.h.metric: round(value, 5)})
         if r["pruned_at_epoch"] is not None:
             self.study.tell(trial, state=TrialState.PRUNED)

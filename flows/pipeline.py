@@ -30,9 +30,6 @@ from typing import Any
 
 from prefect import flow, get_client
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run
 
 from flows import artifacts, hardware, plan, trace
@@ -50,13 +47,7 @@ ingest, clean, augment, train, evaluate, register = (stage_task(s) for s in STAG
 def slot(name: str) -> contextlib.AbstractContextManager:
     """A Prefect global concurrency limit (made with limit 1 if missing; a limit a user set is kept):
     one holder at a time, the others wait."""
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):  # another run made it meanwhile
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    return concurrency(name, occupy=1, strict=True)
+    return hardware.share(name, 1, size=1)
 
 
 def checkout_slot(repo: Path) -> str:
