@@ -195,9 +195,15 @@ def run_search(repo: Path, h: Hpo, pruner: dict, study, baseline: str, hardware_
     return s
 
 
-def baseline_commit(repo: Path) -> str:
+def baseline_commit(repo: Path, register_best: bool) -> str:
+    """HEAD, which the trials run; with `register_best`, only from a clean tree (the winner is applied onto
+    it and committed, so a change of the user's would be mixed into the version's commit or lost)."""
     sha = git("rev-parse", "HEAD", cwd=repo)
     dirty = [ln[3:] for ln in git("status", "--porcelain", "--untracked-files=no", cwd=repo).splitlines()]
+    if dirty and register_best:
+        raise InputError("hpo: uncommitted changes to " + ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
+                         + ": the best trial is applied onto this checkout and committed; commit or stash them "
+                         "first, or search without registering (--no-register, register_best=False)")
     if dirty:
         print(f"hpo: trials run the committed HEAD {sha[:8]}; not in them: uncommitted changes to "
               + ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else ""))
@@ -216,7 +222,7 @@ def register_winner(repo: Path, h: Hpo, study, sampler: str) -> dict:
         commit_paths(repo, f"hpo: apply {name}, the best trial of study {h.study} ({sampler})", changed)
         search = {"study": h.study, "trial": best.number, "experiment": name, "sampler": sampler,
                   "storage": studies.storage_url(h, repo), "value": best.value, "metric": h.metric}
-        code, lines = dvc("repro", "register", cwd=repo, env={SEARCH_ENV: json.dumps(search)}, log=print)
+        code, lines = dvc("repro", "--single-item", "register", cwd=repo, env={SEARCH_ENV: json.dumps(search)}, log=print)
         if code != 0:
             raise InputError(f"hpo: registering {name} failed:\n" + "\n".join(lines[-8:]))
     return search
@@ -230,7 +236,7 @@ def hpo(repo: str = ".", trials: int | None = None, parallel: int | None = None,
     p = load_params(path / "params.yaml")
     space.check(p.hpo.space, yaml.safe_load((path / "params.yaml").read_text()))
     h = p.hpo.model_copy(update={k: v for k, v in {"trials": trials, "parallel": parallel}.items() if v})
-    baseline = baseline_commit(path)
+    baseline = baseline_commit(path, register_best)
     study = studies.open_study(h, p.train, path)
     for line in studies.reconcile(study, told_from_experiment(path, h, studies.direction(h))):
         print(f"hpo: {line}")

@@ -48,6 +48,7 @@ from tasks.registry.git import author, commit_paths, git, read_bytes_at, registr
 from tasks.registry.model_card import render
 from tasks.weights import parse_weights
 
+EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for every stage of `dvc exp run` (workspace, --temp, --queue)
 CODE = ("tasks", "models", "configs", "flows")  # uncommitted changes here make a run irreproducible
 
 
@@ -280,6 +281,22 @@ def show_version(p: Params, v: Version) -> dict:
     return lineage | {"commit": v.commit, "same_as": str(v)}
 
 
+def experiment_only(p: Params, rec: dict, metrics: dict, history: list, decision: dict) -> dict:
+    """Inside `dvc exp run`: the lineage and card the version would have, marked as the experiment's; no
+    commit, tag or stage move (its commit lives only under refs/exps, on no branch)."""
+    name = os.environ[EXPERIMENT_ENV]
+    reason = (f"experiment {name} registers nothing; to register it: dvc exp apply {name}, git commit, then "
+              f"dvc repro --force --single-item register (the policy would "
+              f"{'promote' if decision['promote'] else 'not promote'} it: {decision['reason']})")
+    lineage = rec | {"version": None, "experiment": name, "registered_at": None,
+                     "promotion": decision | {"promote": False, "would_promote": decision["promote"],
+                                              "reason": reason}}
+    card = render(lineage | {"version": f"(experiment {name}, unregistered)"}, metrics, history, p.register.card)
+    write_json(p.paths.lineage, lineage)
+    write_bytes(p.paths.model_card, card.encode())
+    return lineage | {"commit": None}
+
+
 def register(p: Params, flow_run_id: str | None = None) -> dict:
     """A new version of register.name with its lineage and card, the stage moved if the policy allows; or,
     for a model already registered under that name, that version (`same_as`) and nothing new."""
@@ -304,6 +321,8 @@ def _register(p: Params, flow_run_id: str | None, keep: Callable[[], None]) -> d
             return show_version(p, same)
         held = stage_holder(params.name, params.stage)
         decision = decide(params, params.stage, rec, (held.version, read_lineage(held)) if held else None)
+        if os.environ.get(EXPERIMENT_ENV):
+            return experiment_only(p, rec, metrics, history, decision)
         version = next_version(params.name)
         lineage = rec | {"version": version, "promotion": decision,
                          "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -328,6 +347,9 @@ def main() -> None:
         if r.get("same_as"):
             print(f"register: same as {r['same_as']}: weights, preprocessing and data unchanged; no new version "
                   f"(its lineage and model card are in {p.paths.lineage} and {p.paths.model_card})")
+            return
+        if r.get("experiment"):
+            print(f"register: {r['promotion']['reason']}")
             return
         moved = "promoted to" if r["promotion"]["promote"] else "not promoted to"
         print(f"register: {r['artifact']} {r['version']} at {r['commit'][:8]}; {moved} "
