@@ -122,6 +122,7 @@ class Search:
         self.progress = create_progress_artifact(0.0, key="hpo-progress", description=f"study {h.study}")
 
     def start(self) -> None:
+        self.study.sampler = studies.sampler_for_next(self.study, self.h, len(self.running))
         trial = self.study.ask()
         number = trial.number
         name = f"{self.h.study}-t{number:03d}"

@@ -47,8 +47,12 @@ def direction(hpo: Hpo) -> str:
     return "maximize" if higher_is_better(hpo.metric) else "minimize"
 
 
-def sampler(hpo: Hpo) -> optuna.samplers.BaseSampler:
+def sampler(hpo: Hpo, salt: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler, seeded with hpo.seed + salt: the search reseeds it before each ask (sampler_for_next),
+    so a continued study draws new points, not its first ones again."""
     s = optuna.samplers
+    if hpo.sampler != "qmc":  # QMC's position in its sequence is in the storage; its seed only scrambles
+        hpo = hpo.model_copy(update={"seed": hpo.seed + salt})
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's `group`
     if hpo.sampler == "tpe":  # multivariate and grouped: the space is conditional (`when`); the liar for parallel
         return s.TPESampler(seed=hpo.seed, multivariate=True, group=True, constant_liar=hpo.parallel > 1)
@@ -76,6 +80,16 @@ def open_study(hpo: Hpo, train: Train, repo: Path) -> optuna.Study:
         raise InputError(f"params.yaml hpo: study {hpo.study!r} in {url} was made to {study.direction.name.lower()}"
                          f" its metric, not to {direction(hpo)}: name another hpo.study")
     return study
+
+
+def sampler_for_next(study: optuna.Study, hpo: Hpo, own_running: int) -> optuna.samplers.BaseSampler:
+    """The sampler for the next ask: seeded by the study's length, so one search is reproducible and a
+    restarted one goes on where it stopped; with other workers on the study (a shared storage, or running
+    trials not this search's) also by this process, so two workers never draw the same points."""
+    salt = len(study.trials)
+    if hpo.storage or running_count(study) > own_running:
+        salt += 1_000_003 * (os.getpid() % 1000 + 1)
+    return sampler(hpo, salt)
 
 
 def owner() -> dict:

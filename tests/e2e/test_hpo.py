@@ -198,6 +198,7 @@ def test_two_workers_share_one_study_on_postgresql(searched, postgres, tmp_path)
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert 4 <= len(finished) <= 5  # each worker asks while the shared budget is open: at most one over
     assert len({t.user_attrs["owner"]["pid"] for t in finished}) == 2  # both workers ran trials
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == len(finished)  # no point drawn twice
     exps = experiments(repo)
     assert all(t.user_attrs["experiment"] in exps for t in finished)
     assert "LockError" not in "".join(outs)

@@ -119,3 +119,36 @@ def test_a_stale_heartbeat_from_another_machine_is_cut_off(monkeypatch):
     study.beat(s, fresh._trial_id)
     study.reconcile(s, lambda _: None)
     assert [x.state for x in s.trials] == [TrialState.FAIL, TrialState.RUNNING]
+
+
+def draws(h, n: int, st: optuna.Study | None = None) -> tuple[optuna.Study, list[dict]]:
+    st = st or optuna.create_study()
+    out = []
+    for _ in range(n):
+        st.sampler = study.sampler_for_next(st, h, own_running=0)
+        t = st.ask()
+        out.append(space.suggest(t, h.space))
+        st.tell(t, 1.0)
+    return st, out
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random"])
+def test_a_fresh_search_reproduces_and_a_continued_one_draws_new_points(kind):
+    h = load_params(ROOT / "params.yaml").hpo.model_copy(update={"sampler": kind, "seed": 7})
+    _, first = draws(h, 3)
+    assert draws(h, 3)[1] == first  # one seed, one study: the same points
+    st, _ = draws(h, 2)
+    _, more = draws(h, 2, st)  # a search started again on that study
+    assert not any(p in first[:2] for p in more)  # goes on, rather than replaying its first points
+
+
+def test_two_workers_on_a_shared_storage_draw_different_points(monkeypatch):
+    h = load_params(ROOT / "params.yaml").hpo.model_copy(update={"sampler": "random", "storage": "sqlite://"})
+    st = optuna.create_study()
+    a = study.sampler_for_next(st, h, 0)
+    pid = os.getpid()
+    monkeypatch.setattr(study.os, "getpid", lambda: pid + 1)  # another worker, same study length
+    b = study.sampler_for_next(st, h, 0)
+    dim = optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+    ta, tb = st.ask(), st.ask()
+    assert a.sample_independent(st, ta, "lr", dim) != b.sample_independent(st, tb, "lr", dim)
