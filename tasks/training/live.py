@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 
+PLOT_ONLY = ("lr", "seconds")  # the learning rate and an epoch's time: curves, not a run's result
+
+
 class Live:
     """The log is rewritten from the checkpoint's history on every start, so after a resume it holds exactly
     the epochs the model has seen."""
@@ -37,6 +40,8 @@ class Live:
         for k, v in entry.items():
             if k != "epoch":
                 self.live.log_metric(k, v)
+        for k in PLOT_ONLY:  # plotted per step, but no column of `dvc metrics show` / `dvc exp show`
+            self.live.summary.pop(k, None)
         self.live.next_step()
 
     def mark(self, key: str, value) -> None:
