@@ -71,7 +71,9 @@ def clean_markdown(repo: Path, p: Params) -> list[str]:
     md = ["", "## Cleaning", f"- rows in: {r['rows_in']}, rows out: **{r['rows_out']}**",
           f"- dropped: {r['duplicates_dropped']} duplicates, {r['unlabeled_dropped']} unlabeled, "
           f"{r['incomplete_dropped']} incomplete",
-          f"- missing values filled: {r['missing_values_filled']}",
+          f"- filled: {r['missing_values_filled']} missing values, {r.get('non_finite_filled', 0)} inf or -inf",
+          f"- outliers clipped: {r.get('values_clipped', 0)}; saturated at the scaled limit: "
+          f"{r.get('values_saturated', 0)}",
           f"- features: {r['features']}, classes: {r['classes']}",
           "- split: " + ", ".join(f"{k} {v}" for k, v in r["split_rows"].items())]
     return md

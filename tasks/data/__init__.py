@@ -2,6 +2,7 @@
 
     sources       read a source: a local or remote CSV, Parquet or JSON-lines file or folder, an image folder
     contract      the data contract checked at ingest, the profile and drift report
+    selection     clean's row selection and split, run by clean and, as the gate's check, by ingest
     tables        table I/O with declared schemas (Parquet, Arrow IPC), atomic writes, hashes
     hashing       row hashes and the hash-based split that adding rows never moves
     transform     clean's fitted preprocessing (imputation, scaling, categories), applied again by predict
