@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,15 +52,34 @@ def build(verbose: bool = False):
         torch_lock = root / builder.NAME / "lock"
         if torch_lock.exists():  # nobody holds the flock, so nobody is building: a killed builder's lock
             torch_lock.unlink()
-        if verbose and not any((root / builder.NAME).glob("*.so")):
+        built = any((root / builder.NAME).glob("*.so"))
+        if not built and not shutil.which(os.environ.get("CXX", "c++")):
+            return without_op(builder, f"no C++ compiler ({os.environ.get('CXX', 'c++')}) to build it")
+        if verbose and not built:
             print(f"compiling DeepSpeed's shared-memory op into {root} (once per environment, about a minute)",
                   flush=True)
-        return builder.load(verbose=False)
+        try:
+            return builder.load(verbose=False)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:  # torch's build error, or no ninja
+            return without_op(builder, f"its build failed ({str(e).splitlines()[0][:200] if str(e) else e!r})")
+
+
+def without_op(builder, why: str) -> None:
+    """This process's DeepSpeed goes on without the op: its CPU ranks then all-reduce through gloo (correct,
+    slower for large models); one line says so, on stderr, from the first rank."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[builder.NAME] = False  # what deepspeed.comm checks before loading it
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return None  # one line per run, not one per rank
+    print(f"DeepSpeed's shared-memory op is not used: {why}; CPU ranks all-reduce through gloo instead "
+          f"(install g++ and run `python -m tasks.training.ops` for the faster op)", file=sys.stderr, flush=True)
+    return None
 
 
 def main() -> None:
     op = build(verbose=True)
-    print("DeepSpeed's shared-memory op: " + ("ready" if op is not None else "not used by this accelerator"))
+    print("DeepSpeed's shared-memory op: " + ("ready" if op is not None else "not used"))
 
 
 if __name__ == "__main__":
