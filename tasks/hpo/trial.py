@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.registry.git import git
+from tasks.registry.git import author, git
 
 TARGET = "evaluate"  # a trial runs the DAG up to evaluate: register is the applied winner's, on a branch
 
@@ -118,10 +118,39 @@ class Slot:
         code, lines = dvc(*args, cwd=self.path, env=env, log=log)
         if code != 0:
             errors = [ln for ln in lines if ln.startswith(("ERROR", "error"))] or lines[-5:]
-            raise TrialFailed(f"experiment {name}: `dvc {' '.join(args)}` failed:\n" + "\n".join(errors))
+            message = f"experiment {name}: `dvc {' '.join(args)}` failed:\n" + "\n".join(errors)
+            saved = self.save_failed(baseline, name, message)
+            raise TrialFailed(message + (f"\n(listed by `dvc exp show` as {saved})" if saved else ""))
         ref = self.experiment_ref(name)
         git("push", "--quiet", "origin", f"{ref}:{ref}", cwd=self.path)  # into the repo, beside its other exps
         return read_result(self.repo, name, ref, env.get("DAGTRAIN_TRIAL_STATUS"))
+
+    def save_failed(self, baseline: str, name: str, message: str) -> str | None:
+        """A failed trial as an experiment of its own, `<name>-failed`: the params DVC set, no metrics (the
+        baseline's would be a lie) and dvc.lock as it was (no stage ran with these params), the error in its
+        commit message. `dvc exp save` would instead record the failed stage in dvc.lock as if it had run."""
+        import yaml
+
+        from tasks.params import Params
+
+        try:
+            p = Params.model_validate(yaml.safe_load(git("show", f"{baseline}:params.yaml", cwd=self.path)))
+            failed = f"{name}-failed"
+            git("read-tree", baseline, cwd=self.path)  # the index: the baseline, then the trial's params
+            git("add", "params.yaml", cwd=self.path)
+            git("rm", "-q", "--cached", "--ignore-unmatch", str(p.paths.metrics),
+                f"{p.paths.train_live}/metrics.json", cwd=self.path)
+            tree = git("write-tree", cwd=self.path)
+            who, email = author(self.repo)
+            commit = git("-c", f"user.name={who}", "-c", f"user.email={email}", "commit-tree", tree, "-p", baseline,
+                         "-m", f"{failed}: trial failed\n\n{message[-3000:]}", cwd=self.path)
+            ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{failed}"  # DVC's layout: its baseline, its name
+            git("push", "--quiet", "--force", "origin", f"{commit}:{ref}", cwd=self.path)
+            return failed
+        except Exception:  # the record of a failure must not hide the failure itself
+            return None
+        finally:
+            git("read-tree", "HEAD", cwd=self.path, check=False)
 
     def experiment_ref(self, name: str) -> str:
         refs = git("for-each-ref", "--format=%(refname)", "refs/exps", cwd=self.path).split()
