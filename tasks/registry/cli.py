@@ -50,6 +50,10 @@ def print_show(spec: str, repo: str | Path) -> None:
     print(f"{info['artifact']} {info['version']} at {info['commit'][:8]} (registered {info['registered_at']})")
     print(f"  metrics: {json.dumps({k: round(v, 4) for k, v in (info['metrics'] or {}).items()})}")
     print(f"  data version {info['data_version']}; code {info['code_commit']}; flow run {info['prefect_flow_run_id']}")
+    if info.get("search"):
+        s = info["search"]
+        print(f"  the best trial of a search: study {s['study']} ({s['sampler']}), trial {s['trial']}, experiment "
+              f"{s['experiment']}, {s['metric']} {s['value']:.4f}")
     for d in info["decisions"]:
         print(f"  {d['at']} {d['action']} {d.get('stage', '')}: {'yes' if d.get('promote') else 'no'} - {d['reason']}")
     card = read_at(info["commit"], card_path, repo)

@@ -21,7 +21,7 @@ from tasks.registry.versions import Version, artifact_names, read_lineage, resol
 HASH = re.compile(r"^[0-9a-f]{6,64}(\.dir)?$")
 LINEAGE_KEYS = ("data_version", "params", "code_commit", "code_dirty", "deepspeed", "world_size",
                 "prefect_flow_run_id", "metrics", "model", "preprocessing", "contract", "reproducible", "promotion",
-                "registered_at", "input", "signature", "test_split", "identity")
+                "registered_at", "input", "signature", "test_split", "identity", "search")
 
 
 def lineage(spec: str, repo: str | Path = ".") -> dict:

@@ -93,6 +93,10 @@ def test_the_winner_is_registered_with_its_trial_and_reevaluates_to_its_metric(s
     lineage = json.loads((repo / "registry" / "lineage.json").read_text())
     assert lineage["search"]["trial"] == result["best_trial"]
     assert lineage["search"]["study"] == "digits-search" and lineage["search"]["sampler"] == "tpe"
+    shown = json.loads(run([sys.executable, "-m", "tasks.registry", "lineage", "digits@v0.0.2"], repo).stdout)
+    assert shown["search"] == lineage["search"]  # the registry's own view names the trial too
+    out = run([sys.executable, "-m", "tasks.registry", "show", "digits@v0.0.2"], repo).stdout
+    assert f"trial {result['best_trial']}, experiment digits-search-t" in out
     recorded = json.loads((repo / "reports" / "metrics.json").read_text())["accuracy"]
     run(["dvc", "repro", "--force", "--single-item", "evaluate"], repo)
     assert json.loads((repo / "reports" / "metrics.json").read_text())["accuracy"] == recorded
