@@ -223,7 +223,8 @@ def register_winner(repo: Path, h: Hpo, study, sampler: str) -> dict:
         commit_paths(repo, f"hpo: apply {name}, the best trial of study {h.study} ({sampler})", changed)
         search = {"study": h.study, "trial": best.number, "experiment": name, "sampler": sampler,
                   "storage": studies.storage_url(h, repo), "value": best.value, "metric": h.metric}
-        code, lines = dvc("repro", "--single-item", "register", cwd=repo, env={SEARCH_ENV: json.dumps(search)}, log=print)
+        code, lines = dvc("repro", "--single-item", "register", cwd=repo, env={SEARCH_ENV: json.dumps(search)},
+                          log=print)
         if code != 0:
             raise InputError(f"hpo: registering {name} failed:\n" + "\n".join(lines[-8:]))
     return search

@@ -117,7 +117,9 @@ class Slot:
         args = ["exp", "run", "--name", name, *[a for o in overrides for a in ("-S", o)], TARGET]
         code, lines = dvc(*args, cwd=self.path, env=env, log=log)
         if code != 0:
-            errors = [ln for ln in lines if ln.startswith(("ERROR", "error"))] or lines[-5:]
+            first = next((i for i, ln in enumerate(lines) if ln.startswith(("ERROR", "error", "Error", "Traceback"))),
+                         max(0, len(lines) - 5))
+            errors = lines[first:first + 15]  # the stage's own error and its details, then DVC's line
             message = f"experiment {name}: `dvc {' '.join(args)}` failed:\n" + "\n".join(errors)
             saved = self.save_failed(baseline, name, message)
             raise TrialFailed(message + (f"\n(listed by `dvc exp show` as {saved})" if saved else ""))

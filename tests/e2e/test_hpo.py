@@ -206,3 +206,22 @@ def test_two_workers_share_one_study_on_postgresql(searched, postgres, tmp_path)
     exps = experiments(repo)
     assert all(t.user_attrs["experiment"] in exps for t in finished)
     assert "LockError" not in "".join(outs)
+
+
+def test_a_failed_trial_is_listed_as_an_experiment_with_its_params_and_no_metrics(searched):
+    from tasks.hpo.trial import Slot, TrialFailed
+
+    repo, _ = searched
+    baseline = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    slot = Slot.take(repo)
+    try:
+        with pytest.raises(TrialFailed, match="listed by `dvc exp show` as bad-t000-failed"):
+            slot.run(baseline, "bad-t000", ["train.optimizer.lr=-1"], {})
+    finally:
+        slot.release()
+    ref = experiments(repo)["bad-t000-failed"]
+    assert yaml.safe_load(at(repo, ref, "params.yaml"))["train"]["optimizer"]["lr"] == -1
+    assert at(repo, ref, "dvc.lock") == at(repo, baseline, "dvc.lock")  # no stage ran with these params
+    assert run(["git", "cat-file", "-e", f"{ref}:reports/metrics.json"], repo, check=False).returncode != 0
+    assert "train.optimizer.lr" in run(["git", "log", "-1", "--format=%B", ref], repo).stdout
+    assert "bad-t000-failed" in run(["dvc", "exp", "show", "--json"], repo).stdout
