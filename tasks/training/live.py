@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
-
 PLOT_ONLY = ("lr", "seconds")  # the learning rate and an epoch's time: curves, not a run's result
 
 
