@@ -24,15 +24,16 @@ of them (its `missing: drop` may, for a row with a gap). What is guaranteed:
 - the sample of a class depends on that class's rows and the seed alone, not
   on their order or positions, nor on other classes or `ingest.labels`;
 - appending rows changes the kept rows of a class only where the budget
-  forces it: a new row of the class enters only if it ranks among the k
-  smallest hashes, and then displaces exactly one old row (the largest-ranked);
-  a class with fewer than k rows keeps every old one;
+  forces it: an old row the sample passed over never comes in, and an old
+  kept row leaves only for a new row of its class with a smaller hash, one
+  out for each one in; a class with at most k distinct rows keeps them all;
 - raising k keeps every row a smaller k kept (the samples are nested);
 - another seed draws another sample. The salt is kept apart from the split's
   (clean.split.seed), so the sample is not drawn from one split even at an
   equal seed.
 
-Kept rows stay in source order. Two distinct rows with the same 64-bit hash
+A column added to (or dropped from) the source changes every row's content,
+and so draws a new sample. Kept rows stay in source order. Two distinct rows with the same 64-bit hash
 (about n^2 / 2^65) would tie, broken by position.
 """
 
