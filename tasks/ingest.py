@@ -3,11 +3,14 @@
     python -m tasks.ingest            # what `dvc repro ingest` runs
 
 The source (tasks/data/sources.py: files, folders, image folders, URLs) is read
-whole, checked against the contract in params.yaml (tasks/data/contract.py) and
-written as a Parquet snapshot plus a manifest. The snapshot's content hash is
-the data version: unchanged data gives byte-identical files, so DVC reruns
-nothing downstream; changed data gives a new version, and earlier versions
-stay in DVC's cache and git history (`dvc get . data/raw/table.parquet --rev <commit>`).
+whole, cut to its label budget where one is set (`ingest.labels`,
+`ingest.per_class`: tasks/data/budget.py; the manifest and the report record it
+as `selection`), checked against the contract in params.yaml
+(tasks/data/contract.py) and written as a Parquet snapshot plus a manifest. The
+snapshot's content hash is the data version: unchanged data gives
+byte-identical files, so DVC reruns nothing downstream; changed data gives a
+new version, and earlier versions stay in DVC's cache and git history
+(`dvc get . data/raw/table.parquet --rev <commit>`).
 
 Ingest is the single gate: the contract (tasks/data/contract.py) and, given
 the clean params, what clean would refuse of this table (tasks/data/selection.py:
@@ -30,10 +33,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 
 from tasks.data import contract as dc
+from tasks.data.budget import label_budget
 from tasks.data.selection import clean_refusals
 from tasks.data.sources import MAX_LISTED, is_remote, read_source
 from tasks.data.tables import read_json, sha256_file, write_json, write_table
@@ -70,14 +75,24 @@ def _warn_skipped(skipped: tuple[str, ...], warn) -> None:
         warn(f"ingest: warning: and {len(skipped) - MAX_LISTED} more skipped (all in the contract report)")
 
 
+def _budget(table: pa.Table, where: Callable[[int], str], params: Ingest
+            ) -> tuple[pa.Table, Callable[[int], str], dict | None]:
+    """The rows ingest.labels and ingest.per_class keep (tasks/data/budget.py), an example row still named
+    by its place in the source, and the record of what was applied (None: every row kept)."""
+    rows, selection = label_budget(table, params)
+    if rows is None:
+        return table, where, None
+    return table.take(pa.array(rows)), lambda i: where(int(rows[i])), selection
+
+
 def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Path, report_path: Path,
            log=print, clean: Clean | None = None, warn=warn_stderr) -> dict:
     """Snapshot the source into `raw_path` if it keeps the contract (and, given `clean`, clean would take it);
     return the manifest."""
     source = read_source(params, log)
     _warn_skipped(source.skipped, warn)
-    table = _plain(source.table)
-    violations = dc.check(table, contract, params, source.where or dc.row_number)
+    table, where, selection = _budget(_plain(source.table), source.where or dc.row_number, params)
+    violations = dc.check(table, contract, params, where)
     readable = not any(v["check"] in ("columns", "type") for v in violations)
     if clean is not None and readable:
         violations += clean_refusals(table, params, clean, {v["column"] for v in violations})
@@ -86,9 +101,11 @@ def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Pa
     old_manifest, old_report = _previous(manifest_path, report_path)
     report = {"source": params.source, "source_sha256": source.sha256, "rows": table.num_rows,
               "violations": violations, "drift": {"against": None, "exceeded": []}, "skipped": list(source.skipped)}
+    report |= {"selection": selection} if selection else {}
     if prof is not None:
         prof["version"] = None  # filled in below once the snapshot's hash is known
-        same = old_manifest and old_manifest.get("source_sha256") == source.sha256
+        same = old_manifest and old_manifest.get("source_sha256") == source.sha256 \
+            and old_manifest.get("selection") == selection
         if same and old_report and old_report.get("ok") and old_report.get("version") == old_manifest["version"]:
             report["drift"] = old_report.get("drift", report["drift"])  # the same data: keep its comparison
         else:
@@ -110,7 +127,7 @@ def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Pa
         "text_column": params.text_column,
         "image_shape": list(params.image_shape) if params.image_shape else None,
         "schema": {f.name: str(f.type) for f in table.schema}, "profile": prof,
-    }
+    } | ({"selection": selection} if selection else {})
     write_json(manifest_path, manifest)
     write_json(report_path, report | {"version": digest[:16]})
     return manifest

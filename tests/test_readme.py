@@ -9,7 +9,7 @@ marker on the line before it, `<!-- not run by tests: REASON -->`; every other
 block runs, as a user would type it after `make run`'s setup, with bash's
 `-e` (a failing line fails its block). The own-data snippets (YAML) are
 checked too: each example source, ingested with its snippet, meets its
-contract.
+contract; and the label budget's, on the shipped digits (a fast test).
 """
 
 from __future__ import annotations
@@ -119,21 +119,44 @@ def test_the_readmes_commands_run_in_a_fresh_clone(clone):
     assert (clone / "predictions.parquet").exists() and (clone / "m.safetensors").exists()
 
 
-def snippets() -> list[tuple[str, dict]]:
-    """The own-data YAML snippets: (heading, keys); a `# ...` variant keeps its kind's data and contract."""
-    (block,) = [b for b in blocks(README.read_text()) if b["lang"] == "yaml" and "contract:" in b["code"]]
+def snippets(marker: str = "data/sources/") -> list[tuple[str, dict]]:
+    """The YAML snippets of the one block that holds `marker` (by default the own-data block, whose snippets
+    name the example sources): (heading, keys); a `# ...` variant keeps its kind's data and contract."""
+    (block,) = [b for b in blocks(README.read_text()) if b["lang"] == "yaml" and marker in b["code"]]
     parts = re.split(r"^(# .*)\n", block["code"], flags=re.M)[1:]
     return [(head, yaml.safe_load(body)) for head, body in zip(parts[::2], parts[1::2]) if not head.startswith("# ...")]
 
 
+def merge(into: dict, keys: dict) -> dict:
+    """`into` with `keys` set, nested sections merged key by key."""
+    for k, v in keys.items():
+        into[k] = merge(dict(into.get(k) or {}), v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
+    return into
+
+
 def with_snippet(params: dict, snippet: dict) -> dict:
     """params.yaml with a snippet's keys set, as the README says: contract replaced whole, the rest merged."""
-    def merge(into: dict, keys: dict) -> dict:
-        for k, v in keys.items():
-            into[k] = merge(dict(into.get(k) or {}), v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
-        return into
     out = merge(dict(params), {k: v for k, v in snippet.items() if k != "contract"})
     return out | ({"contract": snippet["contract"]} if "contract" in snippet else {})
+
+
+def test_the_label_budget_snippets_ingest_the_digits(tmp_path):
+    """The label budget's snippets, set on top of params.yaml (the contract's keys merged too, as the README
+    says), take the shipped digits through the whole gate: the classes 0-4 whole, then 10 rows of each of 5-9."""
+    from tasks.ingest import ingest
+    from tasks.params import load_params
+
+    found = snippets("per_class:")
+    assert [h.split(":")[0] for h, _ in found] == ["# pretrain", "# fine-tune"]
+    for (head, snippet), classes in zip(found, (range(5), range(5, 10))):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(merge(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                                                                   snippet)))
+        p = load_params(tmp_path / "params.yaml")
+        m = ingest(p.ingest, p.contract, tmp_path / "raw.parquet", tmp_path / "manifest.json",
+                   tmp_path / "contract.json", clean=p.clean)
+        labels = m["profile"]["labels"]
+        assert sorted(labels) == [str(c) for c in classes] and m["selection"]["rows_before"] == 1797, head
+        assert all(n == 10 for n in labels.values()) if p.ingest.per_class else min(labels.values()) > 170, head
 
 
 @pytest.mark.slow

@@ -41,6 +41,22 @@ class Ingest(Section):
         {}, description="remote sources: fsspec options, e.g. {client_kwargs: {endpoint_url: ...}} for s3; "
         "credentials come from the environment"
     )
+    labels: tuple[int | float | str, ...] | None = Field(
+        None, min_length=1, description="keep only the rows whose label is one of these, compared as the label "
+        "column's values: numbers as numbers ([0, 1, 2] for the digits), names as text; null: every label")
+    per_class: int | None = Field(
+        None, ge=1, description="keep at most this many rows of each class (distinct, labelled ones), a sample "
+        "chosen by a hash of each row's content and ingest.sample_seed, not by position; null: every row")
+    sample_seed: int = Field(0, description="salt of ingest.per_class's row hash: another seed, another sample")
+
+    @model_validator(mode="after")
+    def _classes_only(self) -> Ingest:
+        keys = [f"ingest.{k}" for k in ("labels", "per_class") if getattr(self, k) is not None]
+        if self.task == "regression" and keys:
+            raise ValueError(f"{' and '.join(keys)} select{'s' * (len(keys) == 1)} rows by class, and ingest.task "
+                             f"is regression (a numeric target has no classes); set {'them' if keys[1:] else 'it'} "
+                             f"to null")
+        return self
 
 
 ColumnType = Literal["number", "category", "text"]
