@@ -214,7 +214,8 @@ def input_record(p: Params, manifest: dict) -> dict:
     """What the model was trained on, as ingest snapshotted it: the model card's data section."""
     return {"kind": input_kind(p), "source": trained_source(p, manifest), "columns": raw_columns(p.paths.raw),
             "rows": manifest.get("rows"), "label_column": manifest.get("label_column"),
-            "labels": (manifest.get("profile") or {}).get("labels")}
+            "labels": (manifest.get("profile") or {}).get("labels"),
+            "selection": manifest.get("selection")}  # a label budget (ingest.labels, per_class), if any
 
 
 def record(p: Params, metrics: dict, meta: dict, flow_run_id: str | None) -> dict:
