@@ -198,3 +198,22 @@ def test_the_ui_shows_the_run_with_its_task_runs_and_artifacts(deployed_run):
         img.wait_for(timeout=15000)
         assert img.evaluate("i => i.complete && i.naturalWidth > 100")
         page.screenshot(SCREENSHOTS / "registered-model.png")
+
+
+def test_the_hpo_deployment_searches_and_registers_its_winner_through_the_worker(deployed_run, server):
+    url, repo, _ = deployed_run
+    env = server[1] | {"PWD": str(repo)}
+    out = run(["prefect", "deployment", "run", "hpo/hpo", "--params", json.dumps({"trials": 1})], repo,
+              env=env).stdout
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    run(["prefect", "worker", "start", "--pool", "training", "--run-once"], repo, env=env, timeout=900)
+    flow_run = api(url, f"/flow_runs/{flow_run_id}")
+    assert flow_run["state_type"] == "COMPLETED", flow_run["state"]["message"]
+    task_runs = api(url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    assert [t["name"] for t in task_runs if t["name"].startswith("digits-search-t")] == ["digits-search-t000"]
+    artifacts = {a["key"] for a in api(url, "/artifacts/filter",
+                                       {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})}
+    assert {"hpo-trials", "hpo-progress", "hpo-best"} <= artifacts
+    lineage = json.loads((repo / "registry/lineage.json").read_text())
+    assert lineage["search"]["experiment"] == "digits-search-t000"
+    assert lineage["prefect_flow_run_id"] == flow_run_id  # the search that registered it
