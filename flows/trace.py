@@ -34,7 +34,7 @@ from tasks.errors import InputError
 from tasks.params import load_params
 from tasks.registry import NOTES_REF
 from tasks.registry.dvc_files import LOCK
-from tasks.registry.git import commit_paths, git
+from tasks.registry.git import changed_gitignores, commit_paths, git
 
 PARAMS = "params.yaml"
 
@@ -98,7 +98,7 @@ def tracked_outputs(repo: Path) -> list[str]:
     with Repo(str(repo)) as r:
         outs = [str(o.fs_path) for s in r.index.stages for o in s.outs if not o.use_cache]
     paths = [LOCK, PARAMS, *(str(Path(o).relative_to(repo.resolve())) for o in outs)]
-    paths += git("ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore", cwd=repo).splitlines()
+    paths += changed_gitignores(repo)
     return [p for p in paths if (repo / p).exists()]
 
 

@@ -44,7 +44,7 @@ from tasks.params import Params, Register, load_params
 from tasks.registry import Version, decide, move_stage, read_lineage, record_decision, stage_holder, version_paths
 from tasks.registry.compare import identity, same_version, signature, test_split
 from tasks.registry.dvc_files import DVC_YAML, LOCK, artifacts, data_hashes, read_lock
-from tasks.registry.git import author, commit_paths, git, read_bytes_at, registry_lock
+from tasks.registry.git import author, changed_gitignores, commit_paths, git, read_bytes_at, registry_lock
 from tasks.registry.model_card import render
 from tasks.weights import parse_weights
 
@@ -181,7 +181,7 @@ def commit_state(p: Params, message: str) -> str:
              p.paths.contract_report]
     lock_own_entry()
     # the .gitignore files DVC wrote for its outputs (never ones git itself ignores)
-    paths += git("ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore").splitlines()
+    paths += changed_gitignores()
     paths = [str(x) for x in paths if Path(x).exists()]
     return commit_paths(".", message, paths) or git("rev-parse", "HEAD")
 
@@ -215,7 +215,7 @@ def input_record(p: Params, manifest: dict) -> dict:
     return {"kind": input_kind(p), "source": trained_source(p, manifest), "columns": raw_columns(p.paths.raw),
             "rows": manifest.get("rows"), "label_column": manifest.get("label_column"),
             "labels": (manifest.get("profile") or {}).get("labels"),
-            "selection": manifest.get("selection")}  # a label budget (ingest.labels, per_class), if any
+            **({"selection": manifest["selection"]} if manifest.get("selection") else {})}  # a label budget
 
 
 def record(p: Params, metrics: dict, meta: dict, flow_run_id: str | None) -> dict:

@@ -46,6 +46,15 @@ def identity(repo: str | Path = ".") -> list[str]:
     return ["-c", f"user.name={name}", "-c", f"user.email={email}"]
 
 
+def changed_gitignores(repo: str | Path = ".") -> list[str]:
+    """The .gitignore files DVC wrote for its outputs and git does not hold yet: modified, new, or new and
+    already staged (`core.autostage`), never ones git itself ignores."""
+    glob = ":(glob)**/.gitignore"
+    listed = git("ls-files", "-mo", "--exclude-standard", "--", glob, cwd=repo).splitlines()
+    staged = git("diff", "--cached", "--name-only", "--", glob, cwd=repo, check=False).splitlines()
+    return sorted(set(listed + staged))
+
+
 def commit_paths(repo: str | Path, message: str, paths: list[str]) -> str | None:
     """Commit only `paths` (whatever else the user staged stays staged); the new commit, None if nothing
     changed."""

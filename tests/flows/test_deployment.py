@@ -128,7 +128,7 @@ def test_the_run_is_committed_on_its_branch_with_its_overrides(deployed_run):
     assert params["train"]["epochs"] == locked["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 2
     # params.yaml is back, unchanged byte for byte, and nothing is left uncommitted
     assert (repo / "params.yaml").read_text() == run(["git", "show", "main:params.yaml"], repo).stdout
-    assert run(["git", "status", "--porcelain", "--", "params.yaml", "dvc.lock", "reports"], repo).stdout == ""
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""  # the .gitignore files DVC wrote too
 
 
 def restored_in_fresh_clone(repo: Path, dest: Path, remote_args: list[list[str]], name: str) -> Path:
