@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ from tasks.params import Train, WarmStart
 from tasks.training import init as warm
 from tasks.training.engine import ds_config
 from tasks.training.run import save_model_file
+from tests.conftest import ROOT
 
 X = torch.randn(16, 64)  # 8x8 images, or 8 steps of 8 values
 CONFIGS = {
@@ -190,3 +194,44 @@ def test_groups_hold_every_parameter_once_and_freeze_exactly_what_the_patterns_n
     assert under <= frozen  # a module named whole is frozen whole
     if len(exact) == len(patterns):
         assert frozen == under  # and nothing else
+
+
+ENGINE = """
+import torch, deepspeed
+from models import build
+from tasks.params import Train
+from tasks.training import init as warm
+from tasks.training.engine import build_engine, ds_config
+
+deepspeed.init_distributed(dist_backend="gloo")
+torch.manual_seed(0)
+p = Train.model_validate({"model": "mlp", "schedule": {"warmup_steps": 3}, "optimizer": {"weight_decay": 0.1},
+                          "init": {"from": "p.safetensors", "freeze": ["net.0"], "unfreeze_at_epoch": 2,
+                                   "backbone_lr_ratio": 0.5}})
+model = build("mlp", {"n_features": 8, "n_outputs": 3, "hidden": [8, 8], "norm": "none"})
+engine = build_engine(model, ds_config(p, 1, 10), warm.param_groups(model, p.init, p.optimizer.lr))
+x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+before = {k: v.clone() for k, v in model.state_dict().items()}
+for epoch in (1, 2):
+    warm.set_trainable(engine.module, p.init, epoch)
+    for _ in range(4):
+        engine.backward(torch.nn.functional.cross_entropy(engine(x), y))
+        engine.step()
+        head, backbone = (g["lr"] for g in engine.optimizer.param_groups)
+        assert abs(backbone - 0.5 * head) < 1e-15, (head, backbone)
+    same = [torch.equal(model.state_dict()[k], before[k]) for k in ("net.0.weight", "net.0.bias", "net.4.weight")]
+    print("epoch", epoch, "unchanged", same, "lr", engine.get_lr())
+"""
+
+
+@pytest.mark.slow  # a DeepSpeed start in a process of its own: 15 s to 2 min, by the machine's load
+def test_one_deepspeed_engine_keeps_frozen_weights_until_they_unfreeze_and_the_ratio_at_each_step(tmp_path):
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "RANK": "0",
+           "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29787",
+           "DS_ACCELERATOR": "cpu", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", ENGINE], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "epoch 1 unchanged [True, True, False]" in done.stdout
+    assert "epoch 2 unchanged [False, False, False]" in done.stdout
+
