@@ -43,6 +43,10 @@ class CNN(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(c_in * h * w, cfg.n_outputs))
         init_weights(self, cfg.init, cfg.activation)
 
+    def output(self) -> nn.Linear:
+        """The head: the final linear layer, the one part whose shape follows n_outputs."""
+        return self.head[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.view(x.shape[0], 1, *self.shape)  # (N, H*W) -> (N, 1, H, W)
         return self.head(self.features(x))  # -> (N, n_outputs)

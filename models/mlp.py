@@ -39,5 +39,9 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
         init_weights(self, cfg.init, cfg.activation)
 
+    def output(self) -> nn.Linear:
+        """The head: the final linear layer, the one part whose shape follows n_outputs."""
+        return self.net[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (N, n_features) -> (N, n_outputs)

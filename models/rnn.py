@@ -45,6 +45,10 @@ class RNN(nn.Module):
         self.head = nn.Sequential(norm_1d(cfg.norm, width), nn.Dropout(cfg.dropout), nn.Linear(width, cfg.n_outputs))
         init_weights(self, cfg.init, "tanh")
 
+    def output(self) -> nn.Linear:
+        """The head: the final linear layer (the norm before it is the backbone's, its shape the state's)."""
+        return self.head[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         steps, mask = self.input(x)  # (N, T, hidden), (N, T)
         out, _ = self.rnn(steps)  # (N, T, hidden * directions)

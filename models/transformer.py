@@ -50,6 +50,10 @@ class Transformer(nn.Module):
         init_weights(self, cfg.init, cfg.activation)
         nn.init.normal_(self.position, std=0.02)
 
+    def output(self) -> nn.Linear:
+        """The head: the final linear layer, the one part whose shape follows n_outputs."""
+        return self.head[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         steps, mask = self.input(x)  # (N, T, d_model), (N, T)
         h = self.encoder(steps + self.position, src_key_padding_mask=~mask)

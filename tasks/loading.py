@@ -10,13 +10,12 @@ The weights, the fitted transform and (for text) the tokenizer are read at the v
 through DVC (the local cache, or the remote when they are not pulled), so a version always comes
 with the preprocessing it was trained with. Each file's SHA-256 must match the one its lineage
 recorded at registration; the weights must be safetensors and are rebuilt by tasks/weights.py
-(the loader evaluate uses too). A pickle (torch.save) is refused without being unpickled, and so is
-a file whose bytes changed.
+(the loader evaluate uses too; tasks/registry/reading.py reads and checks the files). A pickle
+(torch.save) is refused without being unpickled, and so is a file whose bytes changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks.errors import InputError
 from tasks.registry import Version, read_lineage, resolve
+from tasks.registry.reading import checked, reader, recorded
 from tasks.weights import model_from_bytes
 
 
@@ -86,53 +85,23 @@ class Loaded:
         return {"prediction": classes[idx.numpy()], "probability": prob.numpy()}
 
 
-def _reader(repo: str | Path, v: Version):
-    """read(path, what) -> bytes of a file at the version's commit, from the DVC cache or remote."""
-    from dvc.fs import DVCFileSystem
-
-    fs = DVCFileSystem(repo=str(repo), rev=v.commit)
-
-    def read(path: str, what: str) -> bytes:
-        try:
-            return fs.read_bytes(path)
-        except Exception as e:  # not pulled and no remote, or a remote that does not answer
-            raise InputError(f"{v}: the {what} {path} at {v.commit[:8]} is neither in the DVC cache nor in a "
-                             f"reachable remote; run `dvc pull` ({type(e).__name__}: {e})") from None
-
-    return read
-
-
-def _recorded(v: Version, rec: dict | None, what: str) -> dict:
-    if not rec or not rec.get("path") or not rec.get("sha256"):
-        raise InputError(f"{v}: its lineage records no path and sha256 for the {what}, so it cannot be checked "
-                         f"before use (registered before the {what} was versioned with the model?)")
-    return rec
-
-
-def _checked(data: bytes, rec: dict, v: Version, what: str) -> bytes:
-    if hashlib.sha256(data).hexdigest() != rec["sha256"]:
-        raise InputError(f"{v}: the {what} {rec['path']} differs from the sha256 recorded at registration; "
-                         f"the file was changed, so it is not used")
-    return data
-
-
 def load_model(spec: str, repo: str | Path = ".") -> Loaded:
     """A registered version (NAME@VERSION, NAME@STAGE or NAME@latest) with its saved preprocessing."""
     v = resolve(spec, repo)
     rec = read_lineage(v, repo)
-    read = _reader(repo, v)
-    model = _recorded(v, rec.get("model"), "weights")
+    read = reader(repo, v)
+    model = recorded(v, rec.get("model"), "weights")
     where = f"{v}: {model['path']}"
     module = model_from_bytes(read(model["path"], "weights"), where, model["sha256"])
     pre = rec.get("preprocessing") or {}
-    fitted = _recorded(v, pre.get("transform"), "transform")
-    transform = json.loads(_checked(read(fitted["path"], "transform"), fitted, v, "transform"))
+    fitted = recorded(v, pre.get("transform"), "transform")
+    transform = json.loads(checked(read(fitted["path"], "transform"), fitted, v, "transform"))
     tokenizer = None
     if pre.get("tokenizer"):
         from tokenizers import Tokenizer
 
-        tok = _recorded(v, pre["tokenizer"], "tokenizer")
-        tokenizer = Tokenizer.from_str(_checked(read(tok["path"], "tokenizer"), tok, v, "tokenizer").decode())
+        tok = recorded(v, pre["tokenizer"], "tokenizer")
+        tokenizer = Tokenizer.from_str(checked(read(tok["path"], "tokenizer"), tok, v, "tokenizer").decode())
     params, inp = rec.get("params") or {}, rec.get("input") or {}
     prep = Preprocessing(transform=transform, ingest=params.get("ingest", {}),
                          text=params.get("augment", {}).get("text", {}), columns=dict(inp.get("columns") or []),

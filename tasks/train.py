@@ -16,7 +16,8 @@ where the last good checkpoint left off: the data order of an epoch is a
 function of the seed and the epoch alone (training/data.py). SIGTERM
 (preemption) makes every rank write a checkpoint before it exits. The final
 model is the best epoch's (early stopping), saved as one safetensors file,
-never with a non-finite weight.
+never with a non-finite weight. With `train.init.from`, the model starts from
+a parent's weights, parts frozen or at a lower rate (training/init.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tasks.errors import run_main
 from tasks.files import split_path
 from tasks.params import Train, load_params
 from tasks.training import checkpoints as ckpt
+from tasks.training import init as warm
 from tasks.training import reshard
 from tasks.training import run as runs
 from tasks.training.agreement import PREEMPTED, Agreement, NonFiniteLoss, Preemption
@@ -104,13 +106,19 @@ def start(params: Train, splits: Path, transform: Path, checkpoints: Path) -> tu
     mcfg = runs.model_config(params, schema, x.shape[1], runs.n_outputs(read_json(transform, "clean transform")))
     steps_per_epoch = max(len(x) // world // params.batch_size // params.grad_accum, 1)
     cfg = ds_config(params, world, steps_per_epoch * params.epochs)
-    key = runs.fingerprint(params, splits)
+    parent = warm.read_parent(params.init.from_) if params.init.from_ else None  # checked by precheck too
+    key = runs.fingerprint(params, splits, parent.identity["sha256"] if parent else None)
     folder, stage = runs.run_dir(checkpoints, key, world), zero_stage(cfg)  # train.zero_stage, or a JSON's
     where = [runs.starting_point(params, stage, checkpoints, key, world) if rank == 0 else None]
     dist.broadcast_object_list(where, src=0)  # every rank resumes from the checkpoint rank 0 chose
     source, tag, old_world = where[0]
     universal = old_world is not None and stage > 0  # another count's ZeRO 1/2 parts, re-cut
-    engine = build_engine(build(params.model, mcfg), reshard.universal_loading(cfg) if universal else cfg)
+    module, groups = build(params.model, mcfg), None
+    if parent:  # the parent's weights, then its groups (a resume loads the checkpoint's over them)
+        warm.check_unfreeze(params.init, stage, params.precision)
+        warm.warm_start(module, params.model, parent, params.init.head)
+        groups = warm.param_groups(module, params.init, params.optimizer.lr)
+    engine = build_engine(module, reshard.universal_loading(cfg) if universal else cfg, groups)
     torch.manual_seed(params.seed + 1 + rank)  # dropout masks differ between ranks, repeat between runs
     if rank == 0:
         runs.write_run_record(folder, key, cfg, params, mcfg, world)
@@ -157,6 +165,7 @@ def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model
     for epoch in range(state.epoch, params.epochs + 1):
         if state.stopped_early(es):
             break
+        warm.set_trainable(engine.module, params.init, epoch)  # gradual unfreezing (train.init)
         order = epoch_batches(len(run.x), params, epoch, rank, run.world, state.resharded)
         bar = progress(len(order), state.batch, f"epoch {epoch}/{params.epochs}", rank)  # on a terminal only
         started, done = time.perf_counter(), len(order)

@@ -137,9 +137,10 @@ def written(tree: dict, key: str) -> bool:
 
 
 def loaded(params: Params, key: str):
-    """The value of the dotted `key` in loaded params."""
+    """The value of the dotted `key` in loaded params (a key spelled by its alias, as train.init.from, too)."""
     for part in key.split("."):
-        params = getattr(params, part)
+        names = {f.alias: n for n, f in type(params).model_fields.items() if f.alias}
+        params = getattr(params, names.get(part, part))
     return params
 
 
@@ -201,3 +202,22 @@ def test_every_shipped_config_loads(path):
         load_params(path)
     else:
         pytest.fail(f"{path}: no test knows how to load a {path.suffix} config; add one here")
+
+
+def test_a_warm_start_is_checked_whole(tmp_path):
+    """train.init: off by default; its other keys need a parent; unfreezing needs something frozen, in the run."""
+    assert load_params(ROOT / "params.yaml").train.init.from_ is None
+    params = shipped()
+    params["train"]["init"] |= {"freeze": "backbone", "backbone_lr_ratio": 0.1}
+    with pytest.raises(InputError, match=r"train\.init\.freeze, train\.init\.backbone_lr_ratio need\(s\) a parent"):
+        load_params(write(tmp_path, params))
+    params["train"]["init"] |= {"from": "digits@prod", "unfreeze_at_epoch": 99}
+    with pytest.raises(InputError, match=r"unfreeze_at_epoch 99 is after the last epoch \(train\.epochs 8\)"):
+        load_params(write(tmp_path, params))
+    params["train"]["init"] |= {"unfreeze_at_epoch": 3, "freeze": ["features.*", "head.2"]}
+    init = load_params(write(tmp_path, params)).train.init
+    assert init.from_ == "digits@prod" and init.freeze == ("features.*", "head.2") and init.unfreeze_at_epoch == 3
+    params["train"]["init"] |= {"backbone_lr_ratio": 0.0, "head": "drop"}
+    with pytest.raises(InputError) as err:
+        load_params(write(tmp_path, params))
+    assert "train.init.backbone_lr_ratio" in str(err.value) and "train.init.head" in str(err.value)

@@ -48,11 +48,12 @@ from tasks.params.training import (
     Schedule,
     Train,
     Transformer,
+    WarmStart,
 )
 
 __all__ = [
     "Activation", "Augment", "CNN", "Card", "Checkpointing", "Clean", "ColumnRule", "ColumnType", "Contract",
     "DEFAULT_PARAMS", "Dimension", "Drift", "EarlyStopping", "Evaluate", "Hpo", "ImageAug", "Ingest", "Init", "MLP",
     "MissingStrategy", "Norm", "Optimizer", "Params", "Paths", "Pruner", "RNN", "Register", "Schedule", "Section",
-    "Split", "TableAug", "TextAug", "TextNorm", "Train", "Transformer", "load_params", "main",
+    "Split", "TableAug", "TextAug", "TextNorm", "Train", "Transformer", "WarmStart", "load_params", "main",
 ]

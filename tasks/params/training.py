@@ -1,4 +1,5 @@
-"""The train stage's sections (its models, optimizer, schedule, early stopping, checkpoints) and evaluate's.
+"""The train stage's sections (its models, optimizer, schedule, early stopping, checkpoints, warm start) and
+evaluate's.
 
     from tasks.params import Train, Evaluate
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from tasks.params.base import Section
 
@@ -111,6 +112,36 @@ class Checkpointing(Section):
                           "tasks/training/reshard.py)")
 
 
+class WarmStart(Section):
+    """Transfer learning: the run starts from a parent's weights (tasks/training/init.py), not at random."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)  # `from` is a Python keyword
+
+    from_: str | None = Field(None, alias="from", description="the parent: a registered version (digits@prod, "
+                              "digits@v0.0.3), or a safetensors file written by train; null trains from scratch")
+    head: Literal["keep", "reset"] = Field("keep", description="keep: the parent's output layer too (the same "
+                                           "outputs); reset: the child's own fresh one (another class count)")
+    freeze: tuple[str, ...] | Literal["backbone"] = Field((), description="parameters left as the parent had "
+                                                          "them: backbone (all but the head), or glob patterns "
+                                                          "of module or parameter names (features.0, encoder.*)")
+    unfreeze_at_epoch: int | None = Field(None, ge=1, description="gradual unfreezing: the frozen parameters "
+                                          "train from this epoch on; null keeps them frozen (fp32, ZeRO stage 0)")
+    backbone_lr_ratio: float = Field(1.0, gt=0, le=1, description="the backbone's learning rate as a fraction "
+                                     "of the head's (optimizer.lr, as scheduled); 1.0: one rate")
+
+    @model_validator(mode="after")
+    def _needs_a_parent(self) -> WarmStart:
+        if self.from_ is None:
+            used = [k for k, v in (("head", self.head != "keep"), ("freeze", self.freeze != ()),
+                                   ("unfreeze_at_epoch", self.unfreeze_at_epoch is not None),
+                                   ("backbone_lr_ratio", self.backbone_lr_ratio != 1.0)) if v]
+            if used:
+                raise ValueError(f"train.init.{', train.init.'.join(used)} need(s) a parent: set train.init.from")
+        if self.unfreeze_at_epoch is not None and not self.freeze:
+            raise ValueError("train.init.unfreeze_at_epoch unfreezes nothing: train.init.freeze is empty")
+        return self
+
+
 class Train(Section):
     """Training with DeepSpeed; the DeepSpeed config is derived from these."""
 
@@ -135,6 +166,7 @@ class Train(Section):
                                                        "without BatchNorm); fp16 (a GPU; dynamic loss scaling)")
     early_stopping: EarlyStopping = EarlyStopping()
     checkpoint: Checkpointing = Checkpointing()
+    init: WarmStart = WarmStart()
     deepspeed_config: Path | None = Field(None, description="a DeepSpeed JSON file whose keys override the "
                                           "config derived from these params")
     deterministic: bool = Field(False, description="deterministic kernels only (slower on a GPU)")
@@ -148,6 +180,14 @@ class Train(Section):
                           "info, CUDA_VISIBLE_DEVICES, each process spawned), the accelerator detection's "
                           "notice, the shared-memory op's build line and deepspeed.initialize's INFO log. "
                           "false keeps them out; DeepSpeed's warnings and errors show either way")
+
+    @model_validator(mode="after")
+    def _unfreeze_within_the_run(self) -> Train:
+        at = self.init.unfreeze_at_epoch
+        if at is not None and at > self.epochs:
+            raise ValueError(f"train.init.unfreeze_at_epoch {at} is after the last epoch (train.epochs "
+                             f"{self.epochs}): set at most {self.epochs}, or null to keep them frozen")
+        return self
 
 
 class Evaluate(Section):

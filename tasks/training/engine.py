@@ -5,7 +5,8 @@
 
 No second copy of the config to drift: every key comes from params.yaml's
 `train` section, and `train.deepspeed_config` names a JSON file of DeepSpeed
-keys merged over it.
+keys merged over it. A warm start (train.init) passes its parameter groups
+and gets its schedule's bounds per group (training/init.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from tasks.data.tables import read_json
 from tasks.errors import InputError
 from tasks.params import Train
+from tasks.training.init import group_lrs
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -36,9 +38,13 @@ def ds_config(params: Train, world_size: int, total_steps: int) -> dict:
                                             "foreach": True}})
     sched = params.schedule
     warmup = {"warmup_num_steps": sched.warmup_steps, "warmup_type": "linear"}
+    # WarmupLR and WarmupDecayLR broadcast a scalar bound to every group: a warm start's two groups (head,
+    # backbone; training/init.py) get theirs per group, so the backbone_lr_ratio holds at every step
+    peak = group_lrs(params.init, opt.lr) if params.init.from_ else opt.lr
+    low = [0.0] * len(peak) if params.init.from_ else 0.0
     scheduler = {
-        "constant": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": opt.lr, **warmup}},
-        "linear": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": opt.lr,
+        "constant": {"type": "WarmupLR", "params": {"warmup_min_lr": low, "warmup_max_lr": peak, **warmup}},
+        "linear": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": low, "warmup_max_lr": peak,
                                                        "total_num_steps": total_steps, **warmup}},
         "cosine": {"type": "WarmupCosineLR", "params": {"total_num_steps": total_steps, "warmup_min_ratio": 0.0,
                                                         "cos_min_ratio": sched.min_lr_ratio, **warmup}},
@@ -76,14 +82,15 @@ def zero_stage(cfg: dict) -> int:
     return int(cfg.get("zero_optimization", {}).get("stage", 0))
 
 
-def build_engine(model: torch.nn.Module, cfg: dict):
-    """deepspeed.initialize on the model with this config (the launcher's environment set)."""
+def build_engine(model: torch.nn.Module, cfg: dict, groups: list[dict] | None = None):
+    """deepspeed.initialize on the model with this config (the launcher's environment set); `groups`: the
+    optimizer's parameter groups (a warm start's, training/init.py), else one group of every parameter."""
     import deepspeed
 
     from tasks.training import ops
 
     ops.build()  # a no-op once the rank's start has loaded it
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=groups or model.parameters(), config=cfg)
     clip_locally(engine)
     return engine
 

@@ -3,7 +3,7 @@
     python -m tasks.train      # the DVC side runs precheck, then launch(launcher_command(...))
 
 Everything here runs in the one process DVC starts, before and around the ranks:
-it checks params and data (so a bad input costs no process start), builds the
+it checks params, data and a warm start's parent (so a bad input costs no process start), builds the
 launcher's command (GPUs, CPU ranks, or several nodes through a hostfile),
 gives CPU ranks their share of the cores, and passes SIGTERM on to the ranks.
 DeepSpeed's start-up lines (its launcher's INFO log, the accelerator detection's
@@ -107,13 +107,29 @@ def precheck(p: Params) -> None:
                         f"(augment.text.representation: sequence) need rnn or transformer")
     try:  # a shape that does not fit (seq_len, heads, image size) is named here, not in every rank
         x_width = len(feature_names(tables["train"].schema))
-        build(p.train.model, model_config(p.train, tables["train"].schema, x_width, n_outputs(t)))
+        child = build(p.train.model, model_config(p.train, tables["train"].schema, x_width, n_outputs(t)))
     except ValueError as e:
         problems.append(f"train.{p.train.model}: {e}")
     if problems:
         raise InputError("; ".join(problems))
     cfg = ds_config(p.train, world, 1)  # train.deepspeed_config: exists, parses, holds an object
-    refuse_other_world(p.train, zero_stage(cfg), p.paths.checkpoints, fingerprint(p.train, p.paths.splits), world)
+    parent = check_warm_start(p.train, child, zero_stage(cfg))
+    refuse_other_world(p.train, zero_stage(cfg), p.paths.checkpoints,
+                       fingerprint(p.train, p.paths.splits, parent and parent["sha256"]), world)
+
+
+def check_warm_start(p: Train, child: torch.nn.Module, stage: int) -> dict | None:
+    """train.init, before any rank starts: the parent is read and checked (sha256, safetensors, family, every
+    tensor's shape), and so are its freeze patterns and unfreezing; returns the parent's identity."""
+    if not p.init.from_:
+        return None
+    from tasks.training import init as warm
+
+    warm.check_unfreeze(p.init, stage, p.precision)
+    parent = warm.read_parent(p.init.from_)
+    warm.check_fit(parent, p.model, child, p.init.head)
+    warm.param_groups(child, p.init, p.optimizer.lr)  # freeze patterns that match, a head not frozen at random
+    return parent.identity
 
 
 def refuse_other_world(p: Train, stage: int, checkpoints: Path, key: str, world: int) -> None:

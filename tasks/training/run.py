@@ -9,7 +9,8 @@ A run's checkpoints live in `<fingerprint>-w<processes>/`. The fingerprint
 covers everything that shapes the weights a run produces: the train params
 (less those that only say where and how many processes run), the training and
 validation data, the *contents* of a DeepSpeed JSON named by
-`train.deepspeed_config` (an edit in place is a new run, not a resume), and the
+`train.deepspeed_config` (an edit in place is a new run, not a resume), a warm
+start's parent weights (by their SHA-256), and the
 source of the code that computes them (SHAPING_CODE: the models, the loop, its
 loss, data order, DeepSpeed config and state). Anything else changed (the
 launcher, checkpoint handling, logging) resumes.
@@ -42,7 +43,7 @@ from tasks.training.state import LoopState
 ROOT = Path(__file__).resolve().parents[2]
 # the code whose source shapes the weights: the models, the loop, its loss, data order, engine and state
 SHAPING_CODE = ("models", "tasks/train.py", "tasks/training/data.py", "tasks/training/loss.py",
-                "tasks/training/engine.py", "tasks/training/state.py")
+                "tasks/training/engine.py", "tasks/training/state.py", "tasks/training/init.py")
 WHERE_NOT_WHAT = {"num_procs", "master_port", "hostfile", "master_addr", "checkpoint", "verbose"}
 
 
@@ -71,10 +72,12 @@ def shaping_code_hash() -> str:
     return ckpt.fingerprint(*(f"{f.relative_to(ROOT)}:{sha256_file(f)}" for f in files))
 
 
-def fingerprint(params: Train, splits: Path) -> str:
-    """What a checkpoint must match to be resumed (the module docstring says what and why)."""
+def fingerprint(params: Train, splits: Path, parent_sha256: str | None = None) -> str:
+    """What a checkpoint must match to be resumed (the module docstring says what and why); a warm start's
+    parent by its weights' sha256, not its spec (digits@prod moves)."""
     parts = [params.model_dump_json(exclude=WHERE_NOT_WHAT),
-             *(sha256_file(split_path(splits, s)) for s in ("train", "val")), shaping_code_hash()]
+             *(sha256_file(split_path(splits, s)) for s in ("train", "val")), shaping_code_hash(),
+             *([parent_sha256] if parent_sha256 else [])]
     if params.deepspeed_config:
         try:
             parts.append(sha256_file(params.deepspeed_config))

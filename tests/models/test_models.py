@@ -71,3 +71,20 @@ def test_bad_configs_are_refused():
         build("rnn", {"n_features": 64, "n_outputs": 2, "seq_len": 7})
     with pytest.raises(ValueError, match="not a multiple of heads"):
         build("transformer", {"n_features": 64, "n_outputs": 2, "seq_len": 8, "d_model": 30, "heads": 4})
+
+
+@pytest.mark.parametrize("name,x,config", FAMILIES, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(FAMILIES)])
+def test_every_family_splits_into_a_backbone_and_its_output_layer(name, x, config):
+    """Every state-dict key is in exactly one part; the head is exactly what follows n_outputs."""
+    from models import head_prefix, split
+
+    model, other = build(name, config), build(name, {**config, "n_outputs": 3})
+    backbone, head = split(model)
+    keys = list(model.state_dict())
+    assert sorted(backbone + head) == sorted(keys) and not set(backbone) & set(head)
+    assert head == [f"{head_prefix(model)}.weight", f"{head_prefix(model)}.bias"]
+    assert isinstance(model.output(), torch.nn.Linear) and model.output().out_features == config["n_outputs"]
+    differ = [k for k, v in model.state_dict().items() if v.shape != other.state_dict()[k].shape]
+    assert differ == head
+    names = {n for n, _ in model.named_parameters()}
+    assert set(head) <= names and backbone  # the head is parameters only; every family has a backbone

@@ -44,7 +44,8 @@ def test_the_fingerprint_covers_the_code_that_shapes_the_weights(splits, tmp_pat
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "net.py").write_text("WIDTH = 8\n")
     (tmp_path / "tasks" / "training").mkdir(parents=True)
-    for name in ("train.py", "training/data.py", "training/loss.py", "training/engine.py", "training/state.py"):
+    for name in ("train.py", "training/data.py", "training/loss.py", "training/engine.py", "training/state.py",
+                 "training/init.py"):
         (tmp_path / "tasks" / name).write_text("")
     monkeypatch.setattr(runs, "ROOT", tmp_path)
     before = runs.fingerprint(Train(), splits)
@@ -53,6 +54,9 @@ def test_the_fingerprint_covers_the_code_that_shapes_the_weights(splits, tmp_pat
     assert after_model != before
     (tmp_path / "tasks" / "training" / "engine.py").write_text("# how the DeepSpeed config is derived\n")
     assert runs.fingerprint(Train(), splits) != after_model
+    # a warm start's parent by its weights: digits@prod moved to other weights is another run
+    warm = Train.model_validate({"init": {"from": "digits@prod"}})
+    assert runs.fingerprint(warm, splits, "a" * 64) != runs.fingerprint(warm, splits, "b" * 64)
 
 
 def test_n_outputs_counts_every_class_clean_saw_not_those_a_split_holds():
