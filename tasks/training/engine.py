@@ -37,16 +37,21 @@ def ds_config(params: Train, world_size: int, total_steps: int) -> dict:
                  {"type": "SGD", "params": {"lr": opt.lr, "weight_decay": opt.weight_decay, "momentum": opt.momentum,
                                             "foreach": True}})
     sched = params.schedule
-    warmup = {"warmup_num_steps": sched.warmup_steps, "warmup_type": "linear"}
+    # DeepSpeed's schedulers refuse warmup_num_steps 0 and warm up over at least 2 steps: with no warmup
+    # asked for, a log warmup over them reaches the peak at its second step (one batch trains at the
+    # floor), and the cosine schedule warms up from ratio 1.0, i.e. not at all
+    warmup = ({"warmup_num_steps": sched.warmup_steps, "warmup_type": "linear"} if sched.warmup_steps else
+              {"warmup_num_steps": 1, "warmup_type": "log"})
     # WarmupLR and WarmupDecayLR broadcast a scalar bound to every group: a warm start's two groups (head,
     # backbone; training/init.py) get theirs per group, so the backbone_lr_ratio holds at every step
+    first_ratio = 0.0 if sched.warmup_steps else 1.0  # cosine's warmup start
     peak = group_lrs(params.init, opt.lr) if params.init.from_ else opt.lr
     low = [0.0] * len(peak) if params.init.from_ else 0.0
     scheduler = {
         "constant": {"type": "WarmupLR", "params": {"warmup_min_lr": low, "warmup_max_lr": peak, **warmup}},
         "linear": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": low, "warmup_max_lr": peak,
                                                        "total_num_steps": total_steps, **warmup}},
-        "cosine": {"type": "WarmupCosineLR", "params": {"total_num_steps": total_steps, "warmup_min_ratio": 0.0,
+        "cosine": {"type": "WarmupCosineLR", "params": {"total_num_steps": total_steps, "warmup_min_ratio": first_ratio,
                                                         "cos_min_ratio": sched.min_lr_ratio, **warmup}},
     }[sched.name]
     config = {

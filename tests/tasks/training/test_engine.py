@@ -4,6 +4,7 @@
 
 
 import pytest
+import torch
 
 from tasks.errors import InputError
 from tasks.params import Train
@@ -59,3 +60,16 @@ def test_zero_stage_is_the_one_the_engine_runs(tmp_path):
     (tmp_path / "z.json").write_text('{"zero_optimization": {"stage": 2}}')
     assert zero_stage(ds_config(Train(), 2, 10)) == 0
     assert zero_stage(ds_config(Train(deepspeed_config=tmp_path / "z.json"), 2, 10)) == 2
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_a_schedule_without_warmup_builds_and_runs_at_its_peak_from_the_first_step(name):
+    # DeepSpeed's WarmupDecayLR and WarmupCosineLR raise on warmup_num_steps 0, the params' default
+    from deepspeed.runtime import lr_schedules
+
+    cfg = ds_config(Train.model_validate({"schedule": {"name": name}}), world_size=1, total_steps=100)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    sched = getattr(lr_schedules, cfg["scheduler"]["type"])(opt, **cfg["scheduler"]["params"])
+    sched.step()  # iteration 0: the linear one's floor (one batch), the cosine one's peak already
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(3e-3, rel=0.03)
