@@ -42,3 +42,18 @@ def share(name: str, procs: int, size: int | None = None) -> contextlib.Abstract
     """Hold `procs` of the limit's shares (at most all of them) while the block runs; wait for them first."""
     total = limit_size(name, size or capacity())
     return concurrency(name, occupy=max(1, min(procs, total)), strict=True)
+
+
+@contextlib.contextmanager
+def patient_embedded_server():
+    """A flow started from the command line without PREFECT_API_URL runs on Prefect's embedded server,
+    which gives up after 20 s; on a machine whose cores a search or a training already fills (a second
+    worker beside a first), starting it takes longer: 120 s, unless the user set their own."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as TIMEOUT
+    from prefect.settings import temporary_settings
+
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        yield
+        return
+    with temporary_settings({TIMEOUT: 120}):
+        yield

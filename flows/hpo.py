@@ -265,7 +265,8 @@ def main() -> None:
     a = ap.parse_args()
     from tasks.errors import run_main
 
-    run_main(lambda: hpo(repo=a.repo, trials=a.trials, parallel=a.parallel, register_best=not a.no_register))
+    with hardware.patient_embedded_server():
+        run_main(lambda: hpo(repo=a.repo, trials=a.trials, parallel=a.parallel, register_best=not a.no_register))
 
 
 if __name__ == "__main__":

@@ -129,4 +129,5 @@ def pipeline(repo: str = ".", overrides: dict[str, Any] | None = None, branch: s
 
 
 if __name__ == "__main__":
-    pipeline(repo=sys.argv[1] if len(sys.argv) > 1 else ".")
+    with hardware.patient_embedded_server():
+        pipeline(repo=sys.argv[1] if len(sys.argv) > 1 else ".")
