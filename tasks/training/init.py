@@ -71,7 +71,10 @@ def read_parent(spec: str, repo: str | Path = ".") -> Parent:
     else:
         from tasks.registry.reading import registered_weights
 
-        data, where, sha256, v, _ = registered_weights(spec, repo)
+        try:
+            data, where, sha256, v, _ = registered_weights(spec, repo)
+        except InputError as e:
+            raise InputError(f"train.init.from {spec}: {e}") from None
         ident = {"spec": spec, "version": str(v), "commit": v.commit, "path": where.split(": ", 1)[1]}
     state, meta = parse_weights(data, where, sha256)  # the recorded sha256 first, then safetensors only
     if "model" not in meta or "config" not in meta:
