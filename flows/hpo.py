@@ -36,6 +36,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import ValidationError
 
 from flows import hardware, search_report
 from flows.pipeline import checkout_slot, slot
@@ -119,6 +120,7 @@ class Search:
         self.running: dict = {}  # future -> trial
         self.stop_beat = threading.Event()
         self.rows: dict[int, dict] = {}
+        self.failed_in_a_row = 0
         self.progress = create_progress_artifact(0.0, key="hpo-progress", description=f"study {h.study}")
 
     def start(self) -> None:
@@ -151,8 +153,13 @@ class Search:
             trial.set_user_attr("error", str(e)[-2000:])
             self.study.tell(trial, state=TrialState.FAIL)
             row.update(state="failed")
-            print(f"hpo: trial {trial.number} failed: {str(e).splitlines()[0]}")
+            print(f"hpo: trial {trial.number} failed: {(str(e) or repr(e)).splitlines()[0]}")
+            self.failed_in_a_row += 1
+            if self.failed_in_a_row >= max(3, self.h.parallel):  # a space or setup that fails every trial
+                raise InputError(f"hpo: the last {self.failed_in_a_row} trials of study {self.h.study} all failed; "
+                                 f"stopping rather than failing more. Last error:\n{str(e)[-1500:]}") from None
             return
+        self.failed_in_a_row = 0
         row.update(epochs=len(r["history"]), **{self.h.metric: round(value, 5)})
         if r["pruned_at_epoch"] is not None:
             self.study.tell(trial, state=TrialState.PRUNED)
@@ -165,7 +172,10 @@ class Search:
     def beat(self) -> None:
         while not self.stop_beat.wait(studies.HEARTBEAT_S):
             for trial in list(self.running.values()):
-                studies.beat(self.study, trial._trial_id)
+                try:  # a trial told meanwhile, or a storage hiccup: the next beat tries again
+                    studies.beat(self.study, trial._trial_id)
+                except Exception as e:  # the thread must outlive any one beat
+                    print(f"hpo: heartbeat of trial {trial.number} not written: {type(e).__name__}: {e}")
 
     def publish(self) -> None:
         done = studies.finished_count(self.study)
@@ -237,7 +247,12 @@ def hpo(repo: str = ".", trials: int | None = None, parallel: int | None = None,
     path = Path(repo).resolve()
     p = load_params(path / "params.yaml")
     space.check(p.hpo.space, yaml.safe_load((path / "params.yaml").read_text()))
-    h = p.hpo.model_copy(update={k: v for k, v in {"trials": trials, "parallel": parallel}.items() if v})
+    asked = {k: v for k, v in {"trials": trials, "parallel": parallel}.items() if v is not None}
+    try:
+        h = Hpo.model_validate(p.hpo.model_dump() | asked)  # --trials 0 or --parallel -1: refused, named
+    except ValidationError as e:
+        raise InputError("hpo: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err['input']!r})"
+                                              for err in e.errors())) from None
     baseline = baseline_commit(path, register_best)
     study = studies.open_study(h, p.train, path)
     for line in studies.reconcile(study, told_from_experiment(path, h, studies.direction(h))):

@@ -106,7 +106,9 @@ def start(params: Train, splits: Path, transform: Path, checkpoints: Path) -> tu
     mcfg = runs.model_config(params, schema, x.shape[1], runs.n_outputs(read_json(transform, "clean transform")))
     steps_per_epoch = max(len(x) // world // params.batch_size // params.grad_accum, 1)
     cfg = ds_config(params, world, steps_per_epoch * params.epochs)
-    parent = warm.read_parent(params.init.from_) if params.init.from_ else None  # checked by precheck too
+    parent = [warm.read_parent(params.init.from_) if params.init.from_ and rank == 0 else None]
+    dist.broadcast_object_list(parent, src=0)  # one read, and one parent on every rank (digits@prod may move)
+    parent = parent[0]
     key = runs.fingerprint(params, splits, parent.identity["sha256"] if parent else None)
     folder, stage = runs.run_dir(checkpoints, key, world), zero_stage(cfg)  # train.zero_stage, or a JSON's
     where = [runs.starting_point(params, stage, checkpoints, key, world) if rank == 0 else None]

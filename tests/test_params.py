@@ -106,6 +106,15 @@ def test_early_stopping_metric_is_a_known_one(tmp_path):
         load_params(write(tmp_path, params))
 
 
+
+def test_the_searched_metric_fits_the_task_before_any_trial(tmp_path):
+    # else every trial's rank 0 failed on a metric training never writes (and a second rank waited)
+    params = shipped()
+    params["hpo"]["metric"] = "val_rmse"
+    with pytest.raises(InputError, match=r"hpo\.metric 'val_rmse' is a regression metric"):
+        load_params(write(tmp_path, params))
+
+
 # Keys whose default in the code is not params.yaml's value, on purpose, and why. Each describes the shipped
 # data set or model, where the code's default is what suits a source of the user's. Required keys (paths,
 # ingest.source) have no default to compare; like every key, they must be written in params.yaml.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictFloat, StrictInt, model_validator
 
 from tasks.params.base import Section
 
@@ -41,7 +41,7 @@ class Ingest(Section):
         {}, description="remote sources: fsspec options, e.g. {client_kwargs: {endpoint_url: ...}} for s3; "
         "credentials come from the environment"
     )
-    labels: tuple[int | float | str, ...] | None = Field(
+    labels: tuple[StrictInt | StrictFloat | str, ...] | None = Field(
         None, min_length=1, description="keep only the rows whose label is one of these, compared as the label "
         "column's values: numbers as numbers ([0, 1, 2] for the digits), names as text; null: every label")
     per_class: int | None = Field(

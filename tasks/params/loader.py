@@ -57,12 +57,13 @@ class Params(Section):
         if regression != (self.train.loss in ("mse", "mae")):
             raise ValueError(f"train.loss {self.train.loss!r} does not fit ingest.task {self.ingest.task!r}: "
                              f"classification trains with cross_entropy, regression with mse or mae")
-        metric = self.train.early_stopping.metric
-        if metric in (("val_accuracy", "val_f1") if regression else ("val_mae", "val_rmse")):
-            raise ValueError(f"train.early_stopping.metric {metric!r} is a "
-                             f"{'classification' if regression else 'regression'} metric; this "
-                             f"{self.ingest.task} has val_loss and " +
-                             ("val_mae, val_rmse" if regression else "val_accuracy, val_f1"))
+        for key, metric in (("train.early_stopping.metric", self.train.early_stopping.metric),
+                            ("hpo.metric", self.hpo.metric)):
+            if metric in (("val_accuracy", "val_f1") if regression else ("val_mae", "val_rmse")):
+                raise ValueError(f"{key} {metric!r} is a "
+                                 f"{'classification' if regression else 'regression'} metric; this "
+                                 f"{self.ingest.task} has val_loss and " +
+                                 ("val_mae, val_rmse" if regression else "val_accuracy, val_f1"))
         if self.ingest.format == "images" and self.ingest.image_shape is None:
             raise ValueError("ingest.format is 'images': set ingest.image_shape to the images' [height, width]")
         return self

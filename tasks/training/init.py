@@ -79,7 +79,11 @@ def read_parent(spec: str, repo: str | Path = ".") -> Parent:
     state, meta = parse_weights(data, where, sha256)  # the recorded sha256 first, then safetensors only
     if "model" not in meta or "config" not in meta:
         raise InputError(f"{where}: safetensors metadata lacks 'model'/'config'; not written by train")
-    return Parent(where, meta["model"], json.loads(meta["config"]), state,
+    try:
+        config = json.loads(meta["config"])
+    except ValueError as e:
+        raise InputError(f"{where}: safetensors metadata 'config' is not JSON ({e})") from None
+    return Parent(where, meta["model"], config, state,
                   ident | {"sha256": hashlib.sha256(data).hexdigest()})
 
 
@@ -122,19 +126,20 @@ def frozen_names(child: nn.Module, init: WarmStart) -> list[str]:
     """The parameters train.init.freeze names: the backbone's, or those a glob matches (a parameter's
     name, or a module it is in: `features` and `features.0.*` both match features.0.weight)."""
     names = [n for n, _ in child.named_parameters()]
-    if init.freeze == "backbone" or "backbone" in init.freeze:
-        return [n for n in names if n in set(split(child)[0])]
+    patterns = [init.freeze] if isinstance(init.freeze, str) else list(init.freeze)
+    backbone = set(split(child)[0]) if "backbone" in patterns else set()
+    patterns = [p for p in patterns if p != "backbone"]  # `backbone` beside globs: the union of both
 
     def matches(name: str, pattern: str) -> bool:
         parts = name.split(".")
         return any(fnmatch.fnmatchcase(".".join(parts[:i]), pattern) for i in range(1, len(parts) + 1))
 
-    idle = [p for p in init.freeze if not any(matches(n, p) for n in names)]
+    idle = [p for p in patterns if not any(matches(n, p) for n in names)]
     if idle:
         top = sorted({n.split(".")[0] for n in names})
         raise InputError(f"train.init.freeze: {', '.join(map(repr, idle))} match(es) no parameter of the model "
                          f"(its modules: {', '.join(top)})")
-    return [n for n in names if any(matches(n, p) for p in init.freeze)]
+    return [n for n in names if n in backbone or any(matches(n, p) for p in patterns)]
 
 
 def set_trainable(child: nn.Module, init: WarmStart, epoch: int) -> None:
