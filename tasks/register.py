@@ -316,13 +316,17 @@ def _register(p: Params, flow_run_id: str | None, keep: Callable[[], None]) -> d
     value = float(metrics[params.metric])
     rec = record(p, metrics, meta, flow_run_id)
     history = read_json(p.paths.train_history, "training history")
+    experiment = os.environ.get(EXPERIMENT_ENV)
+    # an experiment run in DVC's temp or queue executor has a repo of its own, without the registry's tags
+    registry = os.environ.get("DVC_ROOT", ".") if experiment else "."
     with registry_lock():  # from reading the stage to the last tag: one registration at a time
-        same = same_version(params.name, rec["identity"])
+        same = None if experiment else same_version(params.name, rec["identity"])
         if same:
             return show_version(p, same)
-        held = stage_holder(params.name, params.stage)
-        decision = decide(params, params.stage, rec, (held.version, read_lineage(held)) if held else None)
-        if os.environ.get(EXPERIMENT_ENV):
+        held = stage_holder(params.name, params.stage, registry)
+        decision = decide(params, params.stage, rec,
+                          (held.version, read_lineage(held, registry)) if held else None)
+        if experiment:
             return experiment_only(p, rec, metrics, history, decision)
         version = next_version(params.name)
         lineage = rec | {"version": version, "promotion": decision,
