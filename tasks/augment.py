@@ -150,9 +150,25 @@ def _write_split(x: np.ndarray, y: np.ndarray, name: str, schema: pa.Schema, out
     write_table(pa.Table.from_arrays(cols, schema=schema), split_path(out_dir, name))
 
 
-def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Path) -> dict:
+def parent_tokenizer(path: Path, params: Augment):
+    """A warm start's tokenizer (the parent's vocabulary: its embedding rows mean those tokens)."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises its own Exception type
+        raise InputError(f"{path}: the parent's tokenizer cannot be read ({e})") from None
+    if params.text.representation == "bag" and tok.get_vocab_size() != params.text.vocab_size:
+        print(f"augment: the parent's tokenizer ({path}) has {tok.get_vocab_size()} tokens; "
+              f"augment.text.vocab_size {params.text.vocab_size} is not used", flush=True)
+    return tok
+
+
+def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Path,
+            tokenizer: Path | None = None) -> dict:
     """Write split_path(out_dir, s) for each split, the training one with `params.copies` augmented copies
-    of each row, and the tokenizer for text; return the row counts."""
+    of each row, and the tokenizer for text (the parent's, when `tokenizer` names one); return the row
+    counts."""
     table = read_model_table(clean_path)
     t = read_json(transform_path, "clean transform")
     regression = t.get("task") == "regression"
@@ -168,7 +184,8 @@ def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Pa
                          f"sequence model, but the table also has feature(s) {features[:5]}; use bag, or leave "
                          f"those columns out of the source")
     if text:
-        tok = train_tokenizer(parts["train"][text].to_pylist(), params.text)
+        tok = (parent_tokenizer(tokenizer, params) if tokenizer is not None and tokenizer.exists()
+               else train_tokenizer(parts["train"][text].to_pylist(), params.text))
         vocab = tok.get_vocab_size()
         names += [f"pos{i}" for i in range(params.text.max_tokens)] if sequence else [f"tok{i}" for i in range(vocab)]
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +220,8 @@ def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Pa
 def main() -> None:
     def body():
         p = load_params()
-        s = augment(p.augment, p.paths.clean, p.paths.transform, p.paths.splits)
+        s = augment(p.augment, p.paths.clean, p.paths.transform, p.paths.splits,
+                    p.paths.parent / "tokenizer.json" if p.train.init.from_ else None)
         print(f"augment: wrote {s['rows']} rows of {s['features']} features to {p.paths.splits} "
               f"({p.augment.copies} augmented copies of each training row"
               + (f"; tokenizer vocabulary {s['tokenizer_vocab']}" if s["tokenizer_vocab"] else "") + ")")

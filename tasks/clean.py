@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.data import transform
+from tasks.data import inherit, transform
 from tasks.data.contract import kind_of, missing_mask, non_finite_mask, unusable_mask
 from tasks.data.hashing import assign_splits, row_hash
 from tasks.data.selection import kept_rows, sorted_classes, split_problems
@@ -192,8 +192,34 @@ def write_clean(raw: Raw, t: dict, keep: np.ndarray, split: np.ndarray, out_path
             "values_saturated": sum(total["saturated"].values()), "saturated_by_column": total["saturated"]}
 
 
+def inherited(t: dict, scanned: dict, keep: np.ndarray, split: np.ndarray, parent: Path | None, head: str,
+              leak: str, raw_path: Path) -> dict:
+    """A warm start's transform: the parent's (fetched by the parent stage), checked against this data, and
+    no test row of this data among the parent's training rows (train.init.leak)."""
+    if parent is None or not (parent / "transform.json").exists():
+        return t  # from scratch, or a parent file with no preprocessing: the child's own fit
+    t = inherit.adopt(read_json(parent / "transform.json", "the parent's transform"), t, head, str(raw_path))
+    if (parent / "rows.parquet").exists():
+        n = inherit.leaks(inherit.read_rows(parent / "rows.parquet"), scanned["rows"][keep], split[keep])
+        if n:
+            msg = (f"{raw_path}: {n} row(s) of the test split were in the parent's training split, so the test "
+                   f"would score rows the parent learned; use the parent's clean.split (seed and fractions)")
+            if leak == "refuse":
+                raise InputError(msg + ", or set train.init.leak: warn to go on")
+            print(f"clean: warning: {msg}", flush=True)
+        t["leak_check"] = {"test_rows_in_parent_training": n}
+    else:
+        print(f"clean: warning: the parent records no row hashes (registered before they were kept), so "
+              f"{raw_path}'s test split is not checked against its training rows", flush=True)
+    return t
+
+
 def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, transform_path: Path,
-          report_path: Path) -> dict:
+          report_path: Path, rows_path: Path | None = None, parent: Path | None = None, head: str = "keep",
+          leak: str = "refuse") -> dict:
+    """The clean table, its transform and report (and rows_path: each kept row's hash and split). With a
+    `parent` folder holding a transform (a warm start), the parent's transform is applied instead of the
+    one fitted here (head: keep or reset; leak: refuse or warn, train.init)."""
     manifest = read_json(manifest_path, "ingest manifest")
     label = manifest["label_column"]
     with ThreadPoolExecutor(1) as pool:
@@ -209,9 +235,12 @@ def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, tr
     classes = check_split_labels(scanned["labels"], keep, split, raw_path, regression)
     pa.default_memory_pool().release_unused()  # each pass starts from what the data needs, not the last peak
     t, filled = fit(raw, manifest, keep, keep & (split == 0), classes, params)
+    t = inherited(t, scanned, keep, split, parent, head, leak, raw_path)
     pa.default_memory_pool().release_unused()
     report |= filled | write_clean(raw, t, keep, split, out_path, params.batch_rows)
     write_json(transform_path, t)
+    if rows_path is not None:
+        inherit.write_rows(rows_path, scanned["rows"][keep], split[keep])
     report |= {"rows_out": int(keep.sum()), "classes": len(classes), "features": len(t["features"]),
                "split_rows": {s: int((keep & (split == i)).sum()) for i, s in enumerate(SPLITS)}}
     write_json(report_path, report)
@@ -221,8 +250,9 @@ def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, tr
 def main() -> None:
     def body():
         p = load_params()
+        inherit.fetched(p.paths.parent, p.train.init.from_)  # the parent the params name, or none
         r = clean(p.clean, p.paths.raw, p.paths.raw_manifest, p.paths.clean, p.paths.transform,
-                  p.paths.clean_report)
+                  p.paths.clean_report, p.paths.rows, p.paths.parent, p.train.init.head, p.train.init.leak)
         print(f"clean: {r['rows_in']} rows in, {r['duplicates_dropped']} duplicates, {r['unlabeled_dropped']} "
               f"unlabeled and {r['incomplete_dropped']} incomplete dropped, {r['missing_values_filled']} missing and "
               f"{r['non_finite_filled']} inf values filled, {r['values_clipped']} clipped, {r['rows_out']} rows out "

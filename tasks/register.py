@@ -155,7 +155,9 @@ def preprocessing_record(p: Params) -> dict:
         raise InputError(f"register: {p.paths.transform}: the fitted transform is missing; run clean")
     tok = p.paths.splits / TOKENIZER_FILE
     return {"transform": {"path": str(p.paths.transform), "sha256": sha256_file(p.paths.transform)},
-            "tokenizer": {"path": str(tok), "sha256": sha256_file(tok)} if tok.exists() else None}
+            "tokenizer": {"path": str(tok), "sha256": sha256_file(tok)} if tok.exists() else None,
+            "rows": ({"path": str(p.paths.rows), "sha256": sha256_file(p.paths.rows)} if p.paths.rows.exists()
+                     else None)}  # each row's hash and split: a child's leak check (tasks/parent.py)
 
 
 def lock_own_entry() -> None:

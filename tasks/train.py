@@ -85,7 +85,8 @@ class Run:
         return tag
 
 
-def start(params: Train, splits: Path, transform: Path, checkpoints: Path) -> tuple[Run, LoopState]:
+def start(params: Train, splits: Path, transform: Path, checkpoints: Path, parent_dir: Path = Path("parent")
+          ) -> tuple[Run, LoopState]:
     """Every rank: the data, the engine, and the loop state, fresh or resumed from a checkpoint."""
     import deepspeed
     import torch.distributed as dist
@@ -106,7 +107,7 @@ def start(params: Train, splits: Path, transform: Path, checkpoints: Path) -> tu
     mcfg = runs.model_config(params, schema, x.shape[1], runs.n_outputs(read_json(transform, "clean transform")))
     steps_per_epoch = max(len(x) // world // params.batch_size // params.grad_accum, 1)
     cfg = ds_config(params, world, steps_per_epoch * params.epochs)
-    parent = [warm.read_parent(params.init.from_) if params.init.from_ and rank == 0 else None]
+    parent = [warm.read_fetched(parent_dir, params.init) if params.init.from_ and rank == 0 else None]
     dist.broadcast_object_list(parent, src=0)  # one read, and one parent on every rank (digits@prod may move)
     parent = parent[0]
     key = runs.fingerprint(params, splits, parent.identity["sha256"] if parent else None)
@@ -154,12 +155,12 @@ def continue_other_count(run: Run, params: Train, source: Path, tag: str, old_wo
 
 
 def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model_path: Path, history_path: Path,
-          live_dir: Path) -> dict:
+          live_dir: Path, parent_dir: Path = Path("parent")) -> dict:
     """Run on every rank (started by DeepSpeed's launcher); rank 0 writes the shared files."""
     warnings.filterwarnings("ignore", "`torch.distributed.all_gather_into_tensor` is deprecated",
                             FutureWarning)  # DeepSpeed's ZeRO checkpointing, once per save
     preemption = Preemption()
-    run, state = start(params, splits, transform, checkpoints)
+    run, state = start(params, splits, transform, checkpoints, parent_dir)
     engine, rank, es = run.engine, run.rank, params.early_stopping
     live = Live(live_dir, state.history) if rank == 0 else None
     agreed = Agreement(preemption, rank, engine.device)
@@ -267,7 +268,7 @@ def main() -> None:
     import torch.distributed as dist
 
     result = run_main(lambda: train(p.train, p.paths.splits, p.paths.transform, p.paths.checkpoints, p.paths.model,
-                                    p.paths.train_history, p.paths.train_live))
+                                    p.paths.train_history, p.paths.train_live, p.paths.parent))
     sys.stdout.flush()
     sys.stderr.flush()
     dist.destroy_process_group()

@@ -104,13 +104,14 @@ SECTIONS = ("ingest", "contract", "clean", "augment", "train", "evaluate", "regi
 
 
 def params_read(module: str, root: Path = ROOT) -> set[str]:
-    """The params sections or keys a stage reads: `p.<section>[.<key>]` in its module and in the modules of
+    """The params sections or keys a stage reads: `p.<section>[.<key>[.<key>]]` in its module and in the modules of
     its closure that take the whole params (`p: Params`)."""
     found = set()
     for f in closure(module, root):
         text = (root / f).read_text()
         if f == Path(*module.split(".")).with_suffix(".py") or "p: Params" in text:
-            found |= {m.group(1) for m in re.finditer(rf"\bp\.((?:{'|'.join(SECTIONS)})(?:\.[a-z_]+)?)\b", text)}
+            found |= {m.group(1).rstrip("_")  # from_ is the `from` key (a Python keyword)
+                      for m in re.finditer(rf"\bp\.((?:{'|'.join(SECTIONS)})(?:\.[a-z_]+){{0,2}})\b", text)}
     return found
 
 
@@ -121,7 +122,7 @@ def test_every_params_key_a_stage_reads_is_one_of_its_params():
         declared = set(stage.get("params", []))
         words = stage["cmd"].split()
         read = params_read(words[words.index("-m") + 1])
-        gaps = sorted(k for k in read if k not in declared and k.split(".")[0] not in declared)
+        gaps = sorted(k for k in read if not any(k == d or k.startswith(d + ".") for d in declared))
         if gaps:
             missing[name] = gaps
     assert not missing, f"dvc.yaml: stages read params DVC does not track: {missing}"

@@ -23,11 +23,15 @@ class Paths(Section):
     """Every file the pipeline reads or writes; dvc.yaml templates these."""
 
     sources: Path = Field(description="folder of local source files (an ingest dep)")
+    parent: Path = Field(Path("parent"), description="parent: a warm start's parent, its weights and "
+                         "preprocessing (train.init.from), fetched from the registry")
     raw: Path = Field(description="ingest: raw snapshot (Parquet)")
     raw_manifest: Path = Field(description="ingest: data version, row count, schema, profile, source")
     contract_report: Path = Field(description="ingest: data contract violations and drift (JSON)")
     clean: Path = Field(description="clean: cleaned table with a `split` column")
     transform: Path = Field(description="clean: fitted imputation/scaling for inference")
+    rows: Path = Field(Path("data/clean/rows.parquet"), description="clean: each kept row's hash and split "
+                       "(a child's leak check against its parent)")
     clean_report: Path = Field(description="clean: counts of what was dropped/filled")
     splits: Path = Field(description="augment: folder of train/val/test Parquet files")
     checkpoints: Path = Field(description="train: DeepSpeed checkpoints (persistent)")

@@ -128,6 +128,8 @@ class WarmStart(Section):
                                           "train from this epoch on; null keeps them frozen (fp32, ZeRO stage 0)")
     backbone_lr_ratio: float = Field(1.0, gt=0, le=1, description="the backbone's learning rate as a fraction "
                                      "of the head's (optimizer.lr, as scheduled); 1.0: one rate")
+    leak: Literal["refuse", "warn"] = Field("refuse", description="a child's test row the parent trained on: "
+                                            "refuse the data (clean), or warn and go on")
 
     @model_validator(mode="after")
     def _needs_a_parent(self) -> WarmStart:

@@ -1,6 +1,7 @@
 """A warm start (train.init): the child model begins with its parent's weights, parts frozen or slower.
 
-    parent = read_parent("digits@prod")                 # or a .safetensors file train wrote
+    parent = read_fetched(Path("parent"), init)         # what the parent stage fetched for train.init.from
+    parent = read_parent("digits@prod")                 # or a .safetensors file train wrote (the stage reads so)
     kept = check_fit(parent, "cnn", child, "reset")     # before any rank starts: the tensors that load
     warm_start(child, "cnn", parent, "reset")           # every rank, before deepspeed.initialize
     groups = param_groups(child, init, lr=3e-3)         # [head at lr, backbone at lr * ratio]; freezes
@@ -85,6 +86,28 @@ def read_parent(spec: str, repo: str | Path = ".") -> Parent:
         raise InputError(f"{where}: safetensors metadata 'config' is not JSON ({e})") from None
     return Parent(where, meta["model"], config, state,
                   ident | {"sha256": hashlib.sha256(data).hexdigest()})
+
+
+def read_fetched(folder: Path, init: WarmStart) -> Parent | None:
+    """The parent the parent stage fetched (tasks/parent.py) for train.init.from, its bytes checked against
+    the sha256 recorded there; None from scratch."""
+    from tasks.data.inherit import FILES, fetched
+    from tasks.weights import parse_weights
+
+    record = fetched(folder, init.from_)
+    if record["from"] is None:
+        return None
+    path = folder / FILES["weights"]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: the parent's weights cannot be read ({e.strerror or e}); run `dvc repro "
+                         f"parent`") from None
+    sha256 = record["weights"]["sha256"]
+    state, meta = parse_weights(data, str(path), sha256)
+    ident = {"spec": record["from"], "version": record["artifact"] and f"{record['artifact']}@{record['version']}",
+             "commit": record["commit"], "path": record["weights"]["path"], "sha256": sha256}
+    return Parent(str(path), meta.get("model", record["model"]), json.loads(meta.get("config", "{}")), state, ident)
 
 
 def check_fit(parent: Parent, family: str, child: nn.Module, head: str) -> dict:

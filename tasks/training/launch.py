@@ -113,12 +113,12 @@ def precheck(p: Params) -> None:
     if problems:
         raise InputError("; ".join(problems))
     cfg = ds_config(p.train, world, 1)  # train.deepspeed_config: exists, parses, holds an object
-    parent = check_warm_start(p.train, child, zero_stage(cfg))
+    parent = check_warm_start(p.train, child, zero_stage(cfg), p.paths.parent)
     refuse_other_world(p.train, zero_stage(cfg), p.paths.checkpoints,
                        fingerprint(p.train, p.paths.splits, parent and parent["sha256"]), world)
 
 
-def check_warm_start(p: Train, child: torch.nn.Module, stage: int) -> dict | None:
+def check_warm_start(p: Train, child: torch.nn.Module, stage: int, folder: Path = Path("parent")) -> dict | None:
     """train.init, before any rank starts: the parent is read and checked (sha256, safetensors, family, every
     tensor's shape), and so are its freeze patterns and unfreezing; returns the parent's identity."""
     if not p.init.from_:
@@ -126,7 +126,7 @@ def check_warm_start(p: Train, child: torch.nn.Module, stage: int) -> dict | Non
     from tasks.training import init as warm
 
     warm.check_unfreeze(p.init, stage, p.precision)
-    parent = warm.read_parent(p.init.from_)
+    parent = warm.read_fetched(folder, p.init)  # what the parent stage fetched, checked again
     warm.check_fit(parent, p.model, child, p.init.head)
     warm.param_groups(child, p.init, p.optimizer.lr)  # freeze patterns that match, a head not frozen at random
     return parent.identity

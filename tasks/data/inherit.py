@@ -1,0 +1,118 @@
+"""A child's data under its parent's preprocessing, and the leak check between the two.
+
+    record = fetched(Path("parent"), spec)           # parent.json, checked to be train.init.from's
+    t = adopt(parent_t, child_t, head, where)         # clean: the parent's fitted transform, the child's labels
+    leaked = leaks(parent_rows, child_hashes, test)   # row hashes of the child's test split the parent trained on
+    write_rows(path, hashes, split)                   # clean: each kept row's hash and split, for later children
+
+Hand-written because the rules are the pipeline's own: a warm-started model
+only means what it meant for the parent if its inputs are scaled, encoded and
+tokenized the same way, so the child's columns must be the parent's (by name
+and kind), and its classes the parent's when the output layer is kept (head:
+keep); with head: reset the child brings its own classes. Every mismatch is
+reported at once, each naming the column.
+
+The leak check compares the child's test rows with the rows the parent
+trained on, by the stable row hash clean computes for every row
+(tasks/data/hashing.py: a row's hash depends only on its values). Rows of
+another source never share a hash, so only a child of the same source can
+leak, e.g. when its split seed or fractions differ from the parent's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks.data.tables import SPLITS
+from tasks.errors import InputError
+
+FILES = {"weights": "model.safetensors", "transform": "transform.json", "tokenizer": "tokenizer.json",
+         "rows": "rows.parquet"}  # what the parent stage (tasks/parent.py) fetches
+RECORD = "parent.json"
+ROWS_SCHEMA = pa.schema([pa.field("row", pa.uint64(), nullable=False), pa.field("split", pa.int8(), nullable=False)])
+
+
+def _kinds(t: dict) -> dict[str, str]:
+    return {c["name"]: "numeric" for c in t["numeric"]} | {c["name"]: "categorical" for c in t["categorical"]}
+
+
+def adopt(parent: dict, child: dict, head: str, where: str) -> dict:
+    """The transform clean applies to the child: the parent's fits and scales, with the child's label column,
+    data version and (head: reset) classes. Refuses, naming each column, data that does not fit it."""
+    problems = []
+    if parent.get("task", "classification") != child["task"]:
+        problems.append(f"the parent is a {parent.get('task', 'classification')}, the child a {child['task']} "
+                        f"(ingest.task)")
+    mine, theirs = _kinds(child), _kinds(parent)
+    problems += [f"column {c!r} ({k}) is missing: the parent was trained with it" for c, k in theirs.items()
+                 if c not in mine]
+    problems += [f"column {c!r} is {mine[c]} here, {k} for the parent" for c, k in theirs.items()
+                 if c in mine and mine[c] != k]
+    problems += [f"column {c!r} is not in the parent's preprocessing (its model has no input for it); leave it "
+                 f"out of the source" for c in mine if c not in theirs]
+    if (parent.get("text_column") or None) != (child.get("text_column") or None):
+        problems.append(f"text column {child.get('text_column')!r}, the parent's {parent.get('text_column')!r} "
+                        f"(ingest.text_column)")
+    if (parent.get("image_shape") or None) != (child.get("image_shape") or None):
+        problems.append(f"image shape {child.get('image_shape')}, the parent's {parent.get('image_shape')} "
+                        f"(ingest.image_shape)")
+    classes = child["classes"]
+    if head == "keep" and child["task"] == "classification":
+        new = [c for c in child["classes"] if str(c) not in {str(p) for p in parent["classes"]}]
+        if new:
+            problems.append(f"label(s) {new[:10]} of column {child['label_column']!r} are not among the parent's "
+                            f"classes {parent['classes'][:20]}; set train.init.head: reset for a new output layer")
+        classes = parent["classes"]  # the kept output layer's order
+    if problems:
+        raise InputError(f"{where}: the data does not fit the parent's preprocessing ({len(problems)} "
+                         f"problem(s)): " + "; ".join(problems))
+    t = dict(parent, label_column=child["label_column"], classes=classes, data_version=child["data_version"],
+             inherited=True)
+    if child["task"] == "regression" and head == "reset":
+        t["target"] = child["target"]
+    return t
+
+
+def write_rows(path: Path, hashes: np.ndarray, split: np.ndarray) -> None:
+    """Each kept row's hash and split index (0 train, 1 val, 2 test)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table([pa.array(hashes.astype(np.uint64)), pa.array(split.astype(np.int8))], schema=ROWS_SCHEMA)
+    pq.write_table(table, path)
+
+
+def read_rows(path: Path) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"{path}: the parent's row hashes cannot be read ({e})") from None
+    if not table.schema.equals(ROWS_SCHEMA):
+        raise InputError(f"{path}: expected columns row (uint64) and split (int8), got {table.schema}")
+    return table
+
+
+def leaks(parent_rows: pa.Table, hashes: np.ndarray, split: np.ndarray) -> int:
+    """How many of the child's test rows (split 2) the parent trained on (its split 0)."""
+    trained = parent_rows.filter(pc.equal(parent_rows["split"], SPLITS.index("train")))["row"]
+    test = hashes[split == SPLITS.index("test")]
+    return int(np.isin(test, trained.to_numpy()).sum())
+
+
+def fetched(folder: Path, spec: str | None) -> dict:
+    """parent.json, checked to be the parent train.init.from names now (a stage run by hand after a
+    params change would otherwise train from the old one)."""
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except FileNotFoundError:
+        record = {"from": None}
+    except ValueError as e:
+        raise InputError(f"{folder / RECORD}: not JSON ({e}); run `dvc repro parent`") from None
+    if record.get("from") != spec:
+        raise InputError(f"{folder / RECORD} holds the parent {record.get('from')!r}, but train.init.from is "
+                         f"{spec!r}; run `dvc repro` (or `dvc repro parent`) to fetch it")
+    return record

@@ -1,0 +1,127 @@
+"""parent: a warm start's parent (train.init.from), fetched into the workspace as an input DVC tracks.
+
+    python -m tasks.parent        # what `dvc repro parent` runs (it runs on every repro: see below)
+
+A registered version (digits@prod, digits@v0.0.3) is resolved through the
+registry to its commit, and its files are read at that commit through DVC (the
+cache, or the remote when they are not pulled), each checked against the
+SHA-256 its lineage recorded:
+
+- `model.safetensors`, the weights (safetensors only, never a pickle);
+- `transform.json`, the parent's fitted preprocessing: clean applies it to the
+  child's rows rather than fitting its own, so the parent sees its inputs
+  scaled as it was trained (tasks/data/inherit.py refuses data that does not
+  fit it, naming the column);
+- `tokenizer.json`, for text: augment tokenizes with the parent's vocabulary;
+- `rows.parquet`, the hashes and splits of the rows the parent was cleaned
+  from: clean refuses a child whose test rows the parent trained on;
+- `parent.json`, what the child's lineage records as `derived_from`.
+
+A safetensors file (train.init.from: path/to/model.safetensors) is copied with
+its hash; it brings no preprocessing, so the child fits its own. With no
+parent, the folder holds only `{"from": null}`.
+
+Why the stage is `always_changed`: a stage tag (prod) moves in git, where DVC
+cannot see it, so the stage re-resolves the spec on every `dvc repro` (a
+fraction of a second). It writes the same bytes while the spec resolves to the
+same version, and DVC reruns what depends on it (clean, then the rest) only
+when they change: moving prod reruns the child's stages, and nothing else.
+`dvc status` therefore always lists `parent` as "always changed".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tasks.data.inherit import FILES, RECORD
+from tasks.errors import InputError, run_main
+from tasks.params import load_params
+
+
+def registry_repo() -> str:
+    """Where the registry's tags are: the user's repository, also under `dvc exp run` (a temporary or
+    queued experiment runs in a copy without them; DVC names the original in DVC_ROOT)."""
+    return os.environ.get("DVC_ROOT") if os.environ.get("DVC_EXP_NAME") and os.environ.get("DVC_ROOT") else "."
+
+
+def fetch_registered(spec: str, out: Path, repo: str | Path) -> dict:
+    """The version's weights and preprocessing into `out`, each checked against its recorded sha256."""
+    from tasks.registry.reading import checked, reader, recorded
+    from tasks.registry.versions import read_lineage, resolve
+
+    try:
+        v = resolve(spec, repo)
+    except InputError as e:
+        raise InputError(f"train.init.from {spec}: {e}") from None
+    rec = read_lineage(v, repo)
+    read = reader(repo, v)
+    model = recorded(v, rec.get("model"), "weights")
+    (out / FILES["weights"]).write_bytes(checked(read(model["path"], "weights"), model, v, "weights"))
+    pre = rec.get("preprocessing") or {}
+    for what in ("transform", "tokenizer", "rows"):
+        if pre.get(what):
+            item = recorded(v, pre[what], what)
+            (out / FILES[what]).write_bytes(checked(read(item["path"], what), item, v, what))
+    params = rec.get("params") or {}
+    return {"artifact": v.name, "version": v.version, "commit": v.commit,
+            "weights": {"path": model["path"], "sha256": model["sha256"]},
+            "source": (params.get("ingest") or {}).get("source"), "text": (params.get("augment") or {}).get("text"),
+            "rows": bool(pre.get("rows"))}
+
+
+def fetch_file(spec: str, out: Path) -> dict:
+    import hashlib
+
+    try:
+        data = Path(spec).read_bytes()
+    except OSError as e:
+        raise InputError(f"train.init.from {spec}: cannot read the parent's weights ({e.strerror or e})") from None
+    (out / FILES["weights"]).write_bytes(data)
+    return {"artifact": None, "version": None, "commit": None,
+            "weights": {"path": spec, "sha256": hashlib.sha256(data).hexdigest()}, "source": None, "text": None,
+            "rows": False}
+
+
+def fetch(spec: str | None, out: Path, repo: str | Path | None = None) -> dict:
+    """`out` afresh: the parent's files and parent.json (only {"from": null} without a parent). The parent
+    is read whole and parsed before anything in `out` is replaced, so a bad spec leaves it as it was."""
+    from tasks.training.init import read_parent
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if spec is None:
+            record = {"from": None}
+        else:
+            registered = not (spec.endswith(".safetensors") or "@" not in spec)
+            record = fetch_registered(spec, tmp, repo or registry_repo()) if registered else fetch_file(spec, tmp)
+            parent = read_parent(str(tmp / FILES["weights"]))  # safetensors written by train, with its config
+            record = {"from": spec, **record, "model": parent.model}
+        (tmp / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def main() -> None:
+    def body():
+        p = load_params()
+        r = fetch(p.train.init.from_, p.paths.parent)
+        if r["from"] is None:
+            print("parent: none (train.init.from is null): training starts from scratch")
+        else:
+            what = f"{r['artifact']} {r['version']} (commit {r['commit'][:8]})" if r["artifact"] else r["from"]
+            print(f"parent: {r['from']} is {what}, a {r['model']}, weights sha256 {r['weights']['sha256'][:12]}"
+                  + ("; its preprocessing comes with it" if (p.paths.parent / FILES["transform"]).exists() else ""))
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()
