@@ -23,6 +23,8 @@ class Paths(Section):
     """Every file the pipeline reads or writes; dvc.yaml templates these."""
 
     sources: Path = Field(description="folder of local source files (an ingest dep)")
+    parent: Path = Field(Path("parent"), description="parent: a warm start's parent, its weights and "
+                         "preprocessing (train.init.from), fetched from the registry")
     raw: Path = Field(description="ingest: raw snapshot (Parquet)")
     raw_manifest: Path = Field(description="ingest: data version, row count, schema, profile, source")
     contract_report: Path = Field(description="ingest: data contract violations and drift (JSON)")
