@@ -6,8 +6,9 @@
 The model is the artifact declared in dvc.yaml's `artifacts:` section. This
 stage writes the version's lineage (data hashes from dvc.lock, the data
 version and its contract result, params, code commit, DeepSpeed config,
-metrics, Prefect flow-run id, and the SHA-256 of the weights and of the saved
-preprocessing: the fitted transform and, for text, the tokenizer) and its
+metrics, Prefect flow-run id, the SHA-256 of the weights and of the saved
+preprocessing: the fitted transform and, for text, the tokenizer, and the
+parent it was fine-tuned from, `derived_from`, from paths.parent) and its
 model card, commits the pipeline's state (dvc.lock, params, metrics, lineage,
 card) so the version points at a commit whose dvc.lock holds this model and
 its preprocessing, and tags it with GTO. The `register.stage` (production)
@@ -45,6 +46,7 @@ from tasks.registry import Version, decide, move_stage, read_lineage, record_dec
 from tasks.registry.compare import identity, same_version, signature, test_split
 from tasks.registry.dvc_files import DVC_YAML, LOCK, artifacts, data_hashes, read_lock
 from tasks.registry.git import author, changed_gitignores, commit_paths, git, read_bytes_at, registry_lock
+from tasks.registry.lineage import derived_from
 from tasks.registry.model_card import render
 from tasks.weights import parse_weights
 
@@ -243,6 +245,7 @@ def record(p: Params, metrics: dict, meta: dict, flow_run_id: str | None) -> dic
         "deepspeed": run["deepspeed"], "world_size": run["world_size"],
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "prefect_flow_run_id": flow_run_id or None,
+        "derived_from": derived_from(p.paths.parent),  # the parent stage's parent.json; None from scratch
     }
     if os.environ.get("DAGTRAIN_SEARCH"):  # the winner of a search (flows/hpo.py): its study, trial and sampler
         rec["search"] = json.loads(os.environ["DAGTRAIN_SEARCH"])

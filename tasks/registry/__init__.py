@@ -4,7 +4,9 @@
     python -m tasks.registry show digits@prod             # metrics, lineage, decisions, model card
     python -m tasks.registry promote digits@v0.0.3        # checked against register's policy in params.yaml
     python -m tasks.registry rollback digits              # the previous production version back
-    python -m tasks.registry lineage digits@prod          # what made it: data hashes from its dvc.lock, ...
+    python -m tasks.registry lineage digits@prod          # what made it: data hashes from its dvc.lock, ...,
+                                                          #   and its parents back to the first from scratch
+    python -m tasks.registry children digits@v0.0.3       # the versions fine-tuned from it
     python -m tasks.registry trained-on 1f2e3d4c          # versions trained on that data hash / data version
 
     from tasks import registry
@@ -18,7 +20,8 @@ makes the versions. The package:
     policy.py     the promotion policy (decide), promote, rollback, the decisions in git notes
     compare.py    like with like (task, label set, input schema; meaningful test metrics) and a
                   version's identity (weights, preprocessing, splits): one model, one version
-    lineage.py    lineage queries both ways (lineage, trained_on)
+    lineage.py    lineage queries both ways (lineage, trained_on) and parent to child (chain, children;
+                  derived_from, what register records of the parent stage's parent.json)
     dvc_files.py  reading dvc.lock and dvc.yaml's artifacts (here, at a commit)
     git.py        git plumbing: the runner, the fallback identity, commits of named paths, tags, notes, the lock
     cli.py        the command line above
@@ -29,7 +32,7 @@ one lock in .git/, so concurrent registrations get distinct versions and lose no
 """
 
 from tasks.registry.cli import main
-from tasks.registry.lineage import lineage, trained_on
+from tasks.registry.lineage import chain, children, lineage, trained_on
 from tasks.registry.policy import NOTES_REF, decide, decisions, promote, record_decision, rollback
 from tasks.registry.versions import (
     Version,
@@ -44,6 +47,6 @@ from tasks.registry.versions import (
     versions,
 )
 
-__all__ = ["NOTES_REF", "Version", "artifact_names", "decide", "decisions", "lineage", "main", "move_stage",
-           "parse_spec", "promote", "read_lineage", "record_decision", "resolve", "rollback", "stage_holder",
-           "stage_stack", "trained_on", "version_paths", "versions"]
+__all__ = ["NOTES_REF", "Version", "artifact_names", "chain", "children", "decide", "decisions", "lineage", "main",
+           "move_stage", "parse_spec", "promote", "read_lineage", "record_decision", "resolve", "rollback",
+           "stage_holder", "stage_stack", "trained_on", "version_paths", "versions"]

@@ -4,7 +4,8 @@
     python -m tasks.registry show digits@prod             # metrics, lineage, decisions, model card
     python -m tasks.registry promote digits@v0.0.3        # checked against register's policy; a refusal exits 1
     python -m tasks.registry rollback digits              # the previous production version back
-    python -m tasks.registry lineage digits@prod          # what made it (JSON)
+    python -m tasks.registry lineage digits@prod          # what made it (JSON), its parents back to scratch
+    python -m tasks.registry children digits@v0.0.3       # versions fine-tuned from it (a line each)
     python -m tasks.registry trained-on 1f2e3d4c          # versions trained on that data hash / data version
     python -m tasks.registry --json show digits@v0.0.2    # any command: --json, --repo PATH
 """
@@ -19,7 +20,8 @@ from pathlib import Path
 from tasks.errors import run_main
 from tasks.params import load_params
 from tasks.registry.git import read_at
-from tasks.registry.lineage import lineage, trained_on
+from tasks.registry.lineage import children, lineage, trained_on
+from tasks.registry.model_card import parent_line
 from tasks.registry.policy import promote, rollback
 from tasks.registry.versions import artifact_names, version_paths, versions
 
@@ -37,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="the stage's previous version back")
     p.add_argument("name")
     p.add_argument("--stage", help="default: register.stage")
-    sub.add_parser("lineage", help="what made a version").add_argument("spec")
+    sub.add_parser("lineage", help="what made a version, and its parents").add_argument("spec")
+    sub.add_parser("children", help="the versions fine-tuned from a version").add_argument("spec")
     p = sub.add_parser("trained-on", help="versions trained on a data hash")
     p.add_argument("hash")
     p.add_argument("--name")
@@ -50,6 +53,7 @@ def print_show(spec: str, repo: str | Path) -> None:
     print(f"{info['artifact']} {info['version']} at {info['commit'][:8]} (registered {info['registered_at']})")
     print(f"  metrics: {json.dumps({k: round(v, 4) for k, v in (info['metrics'] or {}).items()})}")
     print(f"  data version {info['data_version']}; code {info['code_commit']}; flow run {info['prefect_flow_run_id']}")
+    print(f"  {parent_line(info)}")
     if info.get("search"):
         s = info["search"]
         print(f"  the best trial of a search: study {s['study']} ({s['sampler']}), trial {s['trial']}, experiment "
@@ -72,11 +76,13 @@ def answer(args: argparse.Namespace):
         return promote(args.spec, args.stage, repo)
     if args.cmd == "rollback":
         return rollback(args.name, args.stage or load_params(Path(repo) / "params.yaml").register.stage, repo)
+    if args.cmd == "children":
+        return children(args.spec, repo)
     return trained_on(args.hash, args.name, repo)
 
 
 def print_text(args: argparse.Namespace, out) -> None:
-    """The answer for people (list, promote, rollback, trained-on)."""
+    """The answer for people (list, promote, rollback, children, trained-on)."""
     if args.cmd == "list":
         for n, vs in out.items():
             for v in vs:
@@ -85,6 +91,12 @@ def print_text(args: argparse.Namespace, out) -> None:
         moved = args.cmd == "rollback" or out["promote"]
         print(f"{out['artifact']} {out['version']}: {'now in' if moved else 'not promoted to'} "
               f"{out['stage']}: {out['reason']}")
+    elif args.cmd == "children":
+        for v in out:
+            print(f"{v['artifact']}@{v['version']}  {v['commit'][:8]}  {v['created_at']}  "
+                  f"{','.join(v['stages']) or '-'}  derived with {v['spec']}")
+        if not out:
+            print(f"no registered version was fine-tuned from {args.spec}")
     else:
         for v in out:
             print(f"{v['artifact']}@{v['version']}  {v['commit'][:8]}  {'; '.join(v['matches'])}")

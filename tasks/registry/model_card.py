@@ -8,7 +8,9 @@ artifact. The words (intended use, limitations) come from params; every fact abo
 rows, columns, labels and their counts) from what ingest snapshotted (the lineage's `input`, read from
 the manifest of the data version trained on) and the fitted transform (its signature), never from a
 fixed text. The words are written for one source (`register.card.source`): a version trained on
-another source gets a card that says they are missing rather than words about other data.
+another source gets a card that says they are missing rather than words about other data. The card
+names the parent a version was fine-tuned from (the lineage's `derived_from`), or says it was trained
+from scratch (parent_line, which `python -m tasks.registry show` prints too).
 """
 
 from __future__ import annotations
@@ -17,8 +19,25 @@ import json
 
 from tasks.params import Card
 from tasks.registry.compare import labels_text, signature_of
+from tasks.registry.lineage import declared_parent
 
 WEAKEST = 3  # classes named under "Limits"
+
+
+def parent_line(lin: dict) -> str:
+    """Where the weights started: "Fine-tuned from digits v0.0.3 (commit ..., weights sha256 ...)", a
+    plain safetensors file, or "Trained from scratch"."""
+    d = lin.get("derived_from")
+    if not d:
+        spec = declared_parent(lin)  # a lineage from before derived_from was recorded
+        return (f"Fine-tuned from `{spec}` (registered before the lineage recorded the parent's version)."
+                if spec else "Trained from scratch.")
+    sha = f"weights sha256 {str(d.get('sha256'))[:8]}…"
+    if not d.get("artifact"):
+        return f"Fine-tuned from the weights file `{d['spec']}` ({sha})."
+    named = f"{d['artifact']}@{d['version']}"
+    how = "" if d.get("spec") == named else f"train.init.from `{d['spec']}`; "
+    return f"Fine-tuned from {d['artifact']} {d['version']} ({how}commit {str(d.get('commit'))[:8]}, {sha})."
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -124,7 +143,7 @@ def render(lineage: dict, metrics: dict, history: list[dict], card: Card) -> str
     head = [f"# Model card: {lineage['artifact']} {lineage['version']}", "",
             f"Registered {lineage.get('registered_at')}; model sha256 `{lineage['model']['sha256']}`. "
             f"Stage `{promo.get('stage')}`: {'promoted' if promo.get('promote') else 'not promoted'} "
-            f"({promo.get('reason')}).", "",
+            f"({promo.get('reason')}).", "", parent_line(lineage), "",
             "## Intended use", "", _intended_use(lineage, card), ""]
     return "\n".join(head + _data(lineage) + _metrics(metrics) + _training(lineage, history)
                      + _limits(lineage, metrics, card))
