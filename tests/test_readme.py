@@ -146,7 +146,7 @@ def test_the_label_budget_snippets_ingest_the_digits(tmp_path):
     from tasks.ingest import ingest
     from tasks.params import load_params
 
-    found = snippets("per_class:")
+    found = snippets("sample_seed:")
     assert [h.split(":")[0] for h, _ in found] == ["# pretrain", "# fine-tune"]
     for (head, snippet), classes in zip(found, (range(5), range(5, 10))):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(merge(yaml.safe_load((ROOT / "params.yaml").read_text()),
