@@ -112,7 +112,7 @@ def main() -> None:
         gain = 100 * (statistics.mean(acc[best]) - statistics.mean(acc["scratch"]))
         print(f"\n{best} over scratch at k = {a.k}: {gain:+.1f} points (target >= +10)")
         target = statistics.mean(acc[best])
-        caught = None
+        caught = a.k if statistics.mean(acc["scratch"]) >= target else None  # no more labels needed at all
         for k in [int(x) for x in a.scratch_k.split(",") if x]:
             xs = [child(repo, test, "scratch", k, s, a.epochs) for s in range(a.seeds)]
             print(f"scratch at k = {k:<10}{spread(xs)}")
