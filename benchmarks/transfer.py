@@ -35,9 +35,12 @@ from tests.conftest import copy_repo, run, set_params  # noqa: E402  (sets PATH,
 CHILD = {"ingest.labels": [5, 6, 7, 8, 9], "contract.min_rows": 40, "contract.min_class_rows": 8,
          "train.batch_size": 8}
 VARIANTS = {
-    "scratch": {"train.init.from": None, "train.init.head": "keep", "train.init.freeze": []},
-    "linear probe": {"train.init.from": "digits@prod", "train.init.head": "reset", "train.init.freeze": "backbone"},
-    "fine-tune": {"train.init.from": "digits@prod", "train.init.head": "reset", "train.init.freeze": []},
+    "scratch": {"train.init.from": None, "train.init.head": "keep", "train.init.freeze": [],
+                "train.init.backbone_lr_ratio": 1.0},
+    "linear probe": {"train.init.from": "digits@prod", "train.init.head": "reset", "train.init.freeze": "backbone",
+                     "train.init.backbone_lr_ratio": 1.0},
+    "fine-tune": {"train.init.from": "digits@prod", "train.init.head": "reset", "train.init.freeze": [],
+                  "train.init.backbone_lr_ratio": 1.0},
     "discriminative": {"train.init.from": "digits@prod", "train.init.head": "reset", "train.init.freeze": [],
                        "train.init.backbone_lr_ratio": 0.1},
 }
@@ -76,9 +79,7 @@ def accuracy(repo: Path, test) -> float:
 
 def child(repo: Path, test, variant: str, k: int, seed: int, epochs: int) -> float:
     set_params(repo, CHILD | VARIANTS[variant] | {"ingest.per_class": k, "ingest.sample_seed": seed,
-                                                 "train.seed": seed, "train.epochs": epochs,
-                                                 "train.init.backbone_lr_ratio": VARIANTS[variant].get(
-                                                     "train.init.backbone_lr_ratio", 1.0)})
+                                                 "train.seed": seed, "train.epochs": epochs})
     run(["dvc", "repro", "evaluate"], repo, timeout=1800)
     return accuracy(repo, test)
 

@@ -129,10 +129,11 @@ def check_split_labels(labels: pa.ChunkedArray, keep: np.ndarray, split: np.ndar
     return [] if regression else sorted_classes(labels.filter(pa.array(keep)))
 
 
-def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: list[str], params: Clean
-        ) -> tuple[dict, dict]:
+def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: list[str], params: Clean,
+        stats: bool = True) -> tuple[dict, dict]:
     """Pass 2: the transform, fitted on training rows, one column in memory per thread; and how many
-    values of the kept rows are missing, and how many inf or -inf (filled alike), per column."""
+    values of the kept rows are missing, and how many inf or -inf (filled alike), per column. With `stats`
+    False (a warm start brings the parent's fits) the columns are only counted, and named with their kind."""
     label, text = manifest["label_column"], manifest.get("text_column")
     mask = pa.array(train)
 
@@ -142,6 +143,8 @@ def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: 
     def fit_column(field: pa.Field) -> tuple[dict, int, int]:
         col = raw.column(field.name)
         gaps = kept(missing_mask(col)), kept(non_finite_mask(col))
+        if not stats:
+            return {"name": field.name}, *gaps
         if kind_of(field, text) == "number":
             return transform.fit_numeric(field.name, transform.as_float64(col.filter(mask)), params), *gaps
         return transform.fit_category(field.name, col.filter(mask), params), *gaps
@@ -151,11 +154,11 @@ def fit(raw: Raw, manifest: dict, keep: np.ndarray, train: np.ndarray, classes: 
         fitted = dict(zip([f.name for f in fields], pool.map(fit_column, fields)))
     numeric = [fitted[f.name][0] for f in fields if kind_of(f, text) == "number"]
     categorical = [fitted[f.name][0] for f in fields if kind_of(f, text) != "number"]
-    t = {"numeric": transform.finish_scaling(numeric, params), "categorical": categorical,
+    t = {"numeric": transform.finish_scaling(numeric, params) if stats else numeric, "categorical": categorical,
          "label_column": label, "classes": classes, "task": manifest.get("task", "classification"),
          "text_column": text, "text": params.text.model_dump(),
          "image_shape": manifest.get("image_shape"), "data_version": manifest.get("version")}
-    t["features"] = transform.output_columns(t)
+    t["features"] = transform.output_columns(t) if stats else None
     if t["task"] == "regression":  # the model learns the standardised target; evaluate scales it back
         y = transform.as_float64(raw.column(label).filter(mask))
         t["target"] = {"center": float(np.nanmean(y)), "scale": float(np.nanstd(y)) or 1.0}
@@ -234,7 +237,8 @@ def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, tr
     regression = manifest.get("task") == "regression"
     classes = check_split_labels(scanned["labels"], keep, split, raw_path, regression)
     pa.default_memory_pool().release_unused()  # each pass starts from what the data needs, not the last peak
-    t, filled = fit(raw, manifest, keep, keep & (split == 0), classes, params)
+    stats = parent is None or not (parent / "transform.json").exists()  # else the parent's fits, not new ones
+    t, filled = fit(raw, manifest, keep, keep & (split == 0), classes, params, stats)
     t = inherited(t, scanned, keep, split, parent, head, leak, raw_path)
     pa.default_memory_pool().release_unused()
     report |= filled | write_clean(raw, t, keep, split, out_path, params.batch_rows)

@@ -32,7 +32,6 @@ when they change: moving prod reruns the child's stages, and nothing else.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -41,33 +40,23 @@ from tasks.errors import InputError, run_main
 from tasks.params import load_params
 
 
-def registry_repo() -> str:
-    """Where the registry's tags are: the user's repository, also under `dvc exp run` (a temporary or
-    queued experiment runs in a copy without them; DVC names the original in DVC_ROOT)."""
-    return os.environ.get("DVC_ROOT") if os.environ.get("DVC_EXP_NAME") and os.environ.get("DVC_ROOT") else "."
-
-
 def fetch_registered(spec: str, out: Path, repo: str | Path) -> dict:
     """The version's weights and preprocessing into `out`, each checked against its recorded sha256."""
-    from tasks.registry.reading import checked, reader, recorded
-    from tasks.registry.versions import read_lineage, resolve
+    from tasks.registry.reading import checked, reader, recorded, registered_weights
 
     try:
-        v = resolve(spec, repo)
+        data, _, sha256, v, rec = registered_weights(spec, repo)
     except InputError as e:
         raise InputError(f"train.init.from {spec}: {e}") from None
-    rec = read_lineage(v, repo)
-    read = reader(repo, v)
-    model = recorded(v, rec.get("model"), "weights")
-    (out / FILES["weights"]).write_bytes(checked(read(model["path"], "weights"), model, v, "weights"))
-    pre = rec.get("preprocessing") or {}
+    (out / FILES["weights"]).write_bytes(data)  # checked against `sha256` once parsed (fetch)
+    read, pre = reader(repo, v), rec.get("preprocessing") or {}
     for what in ("transform", "tokenizer", "rows"):
         if pre.get(what):
             item = recorded(v, pre[what], what)
             (out / FILES[what]).write_bytes(checked(read(item["path"], what), item, v, what))
     params = rec.get("params") or {}
     return {"artifact": v.name, "version": v.version, "commit": v.commit,
-            "weights": {"path": model["path"], "sha256": model["sha256"]},
+            "weights": {"path": rec["model"]["path"], "sha256": sha256},
             "source": (params.get("ingest") or {}).get("source"), "text": (params.get("augment") or {}).get("text"),
             "rows": bool(pre.get("rows"))}
 
@@ -88,7 +77,8 @@ def fetch_file(spec: str, out: Path) -> dict:
 def fetch(spec: str | None, out: Path, repo: str | Path | None = None) -> dict:
     """`out` afresh: the parent's files and parent.json (only {"from": null} without a parent). The parent
     is read whole and parsed before anything in `out` is replaced, so a bad spec leaves it as it was."""
-    from tasks.training.init import read_parent
+    from tasks.registry.git import registry_repo
+    from tasks.training.init import is_file, read_parent
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -97,9 +87,11 @@ def fetch(spec: str | None, out: Path, repo: str | Path | None = None) -> dict:
         if spec is None:
             record = {"from": None}
         else:
-            registered = not (spec.endswith(".safetensors") or "@" not in spec)
-            record = fetch_registered(spec, tmp, repo or registry_repo()) if registered else fetch_file(spec, tmp)
+            record = fetch_file(spec, tmp) if is_file(spec) else fetch_registered(spec, tmp, repo or registry_repo())
             parent = read_parent(str(tmp / FILES["weights"]))  # safetensors written by train, with its config
+            if parent.identity["sha256"] != record["weights"]["sha256"]:
+                raise InputError(f"train.init.from {spec}: the weights differ from the sha256 recorded at "
+                                 f"registration; the file was changed, so it is not used")
             record = {"from": spec, **record, "model": parent.model}
         (tmp / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(out, ignore_errors=True)

@@ -45,12 +45,20 @@ from tasks.params import Params, Register, load_params
 from tasks.registry import Version, decide, move_stage, read_lineage, record_decision, stage_holder, version_paths
 from tasks.registry.compare import identity, same_version, signature, test_split
 from tasks.registry.dvc_files import DVC_YAML, LOCK, artifacts, data_hashes, read_lock
-from tasks.registry.git import author, changed_gitignores, commit_paths, git, read_bytes_at, registry_lock
+from tasks.registry.git import (
+    EXPERIMENT_ENV,
+    author,
+    changed_gitignores,
+    commit_paths,
+    git,
+    read_bytes_at,
+    registry_lock,
+    registry_repo,
+)
 from tasks.registry.lineage import derived_from
 from tasks.registry.model_card import render
 from tasks.weights import parse_weights
 
-EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for every stage of `dvc exp run` (workspace, --temp, --queue)
 CODE = ("tasks", "models", "configs", "flows")  # uncommitted changes here make a run irreproducible
 
 
@@ -322,8 +330,7 @@ def _register(p: Params, flow_run_id: str | None, keep: Callable[[], None]) -> d
     rec = record(p, metrics, meta, flow_run_id)
     history = read_json(p.paths.train_history, "training history")
     experiment = os.environ.get(EXPERIMENT_ENV)
-    # an experiment run in DVC's temp or queue executor has a repo of its own, without the registry's tags
-    registry = os.environ.get("DVC_ROOT", ".") if experiment else "."
+    registry = registry_repo()  # an experiment's temp or queue executor has no registry tags of its own
     with registry_lock():  # from reading the stage to the last tag: one registration at a time
         same = None if experiment else same_version(params.name, rec["identity"])
         if same:

@@ -103,16 +103,35 @@ def leaks(parent_rows: pa.Table, hashes: np.ndarray, split: np.ndarray) -> int:
     return int(np.isin(test, trained.to_numpy()).sum())
 
 
+def read_record(folder: Path) -> dict:
+    """parent.json as the parent stage wrote it, checked: {"from": null}, or a parent with its weights'
+    sha256 (and its commit, for a registered one); no parent.json (a project from before the parent stage)
+    means from scratch."""
+    path = Path(folder) / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"from": None}
+    except ValueError as e:
+        raise InputError(f"{path}: not JSON ({e}); run `dvc repro parent`") from None
+    if not isinstance(record, dict) or "from" not in record:
+        raise InputError(f"{path}: expected a record with `from`; run `dvc repro parent`")
+    if record["from"] is None:
+        return record
+    weights = record.get("weights")
+    lacks = [what for what, missing in (("weights sha256", not isinstance(weights, dict) or not weights.get("sha256")),
+                                        ("commit", record.get("artifact") and not record.get("commit"))) if missing]
+    if lacks:
+        raise InputError(f"{path}: the parent {record['from']!r} has no {' and no '.join(lacks)}; "
+                         f"run `dvc repro parent`")
+    return record
+
+
 def fetched(folder: Path, spec: str | None) -> dict:
     """parent.json, checked to be the parent train.init.from names now (a stage run by hand after a
     params change would otherwise train from the old one)."""
-    try:
-        record = json.loads((folder / RECORD).read_text())
-    except FileNotFoundError:
-        record = {"from": None}
-    except ValueError as e:
-        raise InputError(f"{folder / RECORD}: not JSON ({e}); run `dvc repro parent`") from None
+    record = read_record(folder)
     if record.get("from") != spec:
-        raise InputError(f"{folder / RECORD} holds the parent {record.get('from')!r}, but train.init.from is "
-                         f"{spec!r}; run `dvc repro` (or `dvc repro parent`) to fetch it")
+        raise InputError(f"{Path(folder) / RECORD} holds the parent {record.get('from')!r}, but train.init.from "
+                         f"is {spec!r}; run `dvc repro` (or `dvc repro parent`) to fetch it")
     return record

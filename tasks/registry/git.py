@@ -106,3 +106,12 @@ def registry_lock(repo: str | Path = ".", timeout_s: float = LOCK_TIMEOUT_S) -> 
     except Timeout:
         raise InputError(f"{common / LOCK_FILE}: another registry operation held the lock for over "
                          f"{timeout_s:.0f} s; is one stuck?") from None
+
+
+EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for every stage of `dvc exp run` (workspace, --temp, --queue)
+
+
+def registry_repo() -> str:
+    """Where the registry's tags are: here, or under `dvc exp run` the user's repository (DVC_ROOT), as a
+    temporary or queued experiment runs in a copy of its own without them."""
+    return os.environ.get("DVC_ROOT", ".") if os.environ.get(EXPERIMENT_ENV) else "."

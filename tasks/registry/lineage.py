@@ -16,7 +16,6 @@ and a link holds only while that version still resolves to the recorded commit a
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -29,7 +28,6 @@ HASH = re.compile(r"^[0-9a-f]{6,64}(\.dir)?$")
 LINEAGE_KEYS = ("data_version", "params", "code_commit", "code_dirty", "deepspeed", "world_size",
                 "prefect_flow_run_id", "metrics", "model", "preprocessing", "contract", "reproducible", "promotion",
                 "registered_at", "input", "signature", "test_split", "identity", "search", "derived_from")
-PARENT_RECORD = "parent.json"  # what the parent stage (tasks/parent.py) writes in paths.parent
 DERIVED_KEYS = ("spec", "artifact", "version", "commit", "sha256")
 
 
@@ -72,28 +70,19 @@ def trained_on(data_hash: str, name: str | None = None, repo: str | Path = ".") 
 
 
 def derived_from(folder: Path) -> dict | None:
-    """The lineage's `derived_from` from the parent stage's `folder`/parent.json: None from scratch (also
-    when there is no parent.json: a project from before the parent stage), else the parent's spec, artifact,
-    version and commit (None for a plain safetensors file) and its weights' sha256."""
-    path = Path(folder) / PARENT_RECORD
+    """The lineage's `derived_from` from the parent stage's `folder`/parent.json (tasks/data/inherit.py reads
+    and checks it): None from scratch, else the parent's spec, artifact, version and commit (None for a
+    plain safetensors file) and its weights' sha256."""
+    from tasks.data.inherit import read_record
+
     try:
-        parent = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError as e:
-        raise InputError(f"register: {path}: not JSON ({e}); run `dvc repro parent`") from None
-    if not isinstance(parent, dict) or "from" not in parent:
-        raise InputError(f"register: {path}: expected a record with `from`; run `dvc repro parent`")
+        parent = read_record(folder)
+    except InputError as e:
+        raise InputError(f"register: {e}") from None
     if parent["from"] is None:
         return None
-    sha256 = (parent.get("weights") or {}).get("sha256")
-    lacks = [what for what, missing in (("weights sha256", not sha256),
-                                        ("commit", parent.get("artifact") and not parent.get("commit"))) if missing]
-    if lacks:
-        raise InputError(f"register: {path}: the parent {parent['from']!r} has no {' and no '.join(lacks)}; "
-                         f"run `dvc repro parent`")
     return {"spec": parent["from"], "artifact": parent.get("artifact"), "version": parent.get("version"),
-            "commit": parent.get("commit"), "sha256": sha256}
+            "commit": parent.get("commit"), "sha256": parent["weights"]["sha256"]}
 
 
 def declared_parent(rec: dict) -> str | None:

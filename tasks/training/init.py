@@ -59,11 +59,16 @@ class Parent:
     identity: dict  # spec, version, commit (None for a file), path, sha256 of the weights
 
 
+def is_file(spec: str) -> bool:
+    """A safetensors path rather than a registry spec (NAME@VERSION, NAME@STAGE)."""
+    return spec.endswith(".safetensors") or "@" not in spec
+
+
 def read_parent(spec: str, repo: str | Path = ".") -> Parent:
     """A registered version (NAME@VERSION, NAME@STAGE) or a safetensors file; never a pickle."""
     from tasks.weights import parse_weights
 
-    if spec.endswith(".safetensors") or "@" not in spec:
+    if is_file(spec):
         try:
             data = Path(spec).read_bytes()
         except OSError as e:
@@ -89,25 +94,25 @@ def read_parent(spec: str, repo: str | Path = ".") -> Parent:
 
 
 def read_fetched(folder: Path, init: WarmStart) -> Parent | None:
-    """The parent the parent stage fetched (tasks/parent.py) for train.init.from, its bytes checked against
-    the sha256 recorded there; None from scratch."""
+    """The parent the parent stage fetched (tasks/parent.py) for train.init.from, read as any parent file
+    is and checked against the sha256 recorded in its parent.json; None from scratch."""
     from tasks.data.inherit import FILES, fetched
-    from tasks.weights import parse_weights
 
     record = fetched(folder, init.from_)
     if record["from"] is None:
         return None
     path = folder / FILES["weights"]
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: the parent's weights cannot be read ({e.strerror or e}); run `dvc repro "
-                         f"parent`") from None
+    if not path.exists():
+        raise InputError(f"{path}: the parent's weights are missing; run `dvc repro parent`")
+    parent = read_parent(str(path))
     sha256 = record["weights"]["sha256"]
-    state, meta = parse_weights(data, str(path), sha256)
-    ident = {"spec": record["from"], "version": record["artifact"] and f"{record['artifact']}@{record['version']}",
-             "commit": record["commit"], "path": record["weights"]["path"], "sha256": sha256}
-    return Parent(str(path), meta.get("model", record["model"]), json.loads(meta.get("config", "{}")), state, ident)
+    if parent.identity["sha256"] != sha256:
+        raise InputError(f"{path}: its sha256 is not the {sha256[:12]} recorded in {folder / 'parent.json'}; "
+                         f"the file was changed, so it is not used; run `dvc repro parent`")
+    version = record.get("artifact") and f"{record['artifact']}@{record.get('version')}"
+    ident = {"spec": record["from"], "version": version, "commit": record.get("commit"),
+             "path": record["weights"].get("path"), "sha256": sha256}
+    return Parent(parent.where, parent.model, parent.config, parent.state, ident)
 
 
 def check_fit(parent: Parent, family: str, child: nn.Module, head: str) -> dict:

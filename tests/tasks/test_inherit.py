@@ -73,6 +73,10 @@ def test_rows_round_trip_and_a_wrong_file_is_refused(tmp_path):
 
 def test_parent_json_must_name_the_parent_the_params_do(tmp_path):
     assert inherit.fetched(tmp_path, None) == {"from": None}  # none fetched yet: from scratch
-    (tmp_path / "parent.json").write_text('{"from": "digits@prod"}')
+    (tmp_path / "parent.json").write_text('{"from": "digits@prod", "artifact": "digits", "commit": "ab12", '
+                                          '"weights": {"sha256": "cd34"}}')
     with pytest.raises(InputError, match="holds the parent 'digits@prod', but train.init.from is 'digits@v0.0.1'"):
         inherit.fetched(tmp_path, "digits@v0.0.1")
+    (tmp_path / "parent.json").write_text('{"from": "digits@prod", "artifact": "digits", "commit": "ab12"}')
+    with pytest.raises(InputError, match="the parent 'digits@prod' has no weights sha256; run `dvc repro parent`"):
+        inherit.fetched(tmp_path, "digits@prod")  # a hand-edited record is refused, not a KeyError in train
