@@ -43,12 +43,17 @@ from tasks.params import load_params
 def fetch_registered(spec: str, out: Path, repo: str | Path) -> dict:
     """The version's weights and preprocessing into `out`, each checked against its recorded sha256."""
     from tasks.registry.reading import checked, reader, recorded, registered_weights
+    from tasks.training.init import read_parent
 
     try:
         data, _, sha256, v, rec = registered_weights(spec, repo)
     except InputError as e:
         raise InputError(f"train.init.from {spec}: {e}") from None
-    (out / FILES["weights"]).write_bytes(data)  # checked against `sha256` once parsed (fetch)
+    (out / FILES["weights"]).write_bytes(data)
+    parent = read_parent(str(out / FILES["weights"]))  # safetensors written by train, with its config
+    if parent.identity["sha256"] != sha256:
+        raise InputError(f"train.init.from {spec}: {v}'s weights differ from the sha256 recorded at "
+                         f"registration; the file was changed, so it is not used")
     read, pre = reader(repo, v), rec.get("preprocessing") or {}
     for what in ("transform", "tokenizer", "rows"):
         if pre.get(what):
@@ -58,27 +63,25 @@ def fetch_registered(spec: str, out: Path, repo: str | Path) -> dict:
     return {"artifact": v.name, "version": v.version, "commit": v.commit,
             "weights": {"path": rec["model"]["path"], "sha256": sha256},
             "source": (params.get("ingest") or {}).get("source"), "text": (params.get("augment") or {}).get("text"),
-            "rows": bool(pre.get("rows"))}
+            "rows": bool(pre.get("rows")), "model": parent.model}
 
 
 def fetch_file(spec: str, out: Path) -> dict:
-    import hashlib
+    """A safetensors file train wrote, parsed where it is (an error names the user's path), then copied."""
+    from tasks.training.init import read_parent
 
-    try:
-        data = Path(spec).read_bytes()
-    except OSError as e:
-        raise InputError(f"train.init.from {spec}: cannot read the parent's weights ({e.strerror or e})") from None
-    (out / FILES["weights"]).write_bytes(data)
+    parent = read_parent(spec)
+    shutil.copyfile(spec, out / FILES["weights"])
     return {"artifact": None, "version": None, "commit": None,
-            "weights": {"path": spec, "sha256": hashlib.sha256(data).hexdigest()}, "source": None, "text": None,
-            "rows": False}
+            "weights": {"path": spec, "sha256": parent.identity["sha256"]}, "source": None, "text": None,
+            "rows": False, "model": parent.model}
 
 
 def fetch(spec: str | None, out: Path, repo: str | Path | None = None) -> dict:
     """`out` afresh: the parent's files and parent.json (only {"from": null} without a parent). The parent
     is read whole and parsed before anything in `out` is replaced, so a bad spec leaves it as it was."""
     from tasks.registry.git import registry_repo
-    from tasks.training.init import is_file, read_parent
+    from tasks.training.init import is_file
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -88,11 +91,7 @@ def fetch(spec: str | None, out: Path, repo: str | Path | None = None) -> dict:
             record = {"from": None}
         else:
             record = fetch_file(spec, tmp) if is_file(spec) else fetch_registered(spec, tmp, repo or registry_repo())
-            parent = read_parent(str(tmp / FILES["weights"]))  # safetensors written by train, with its config
-            if parent.identity["sha256"] != record["weights"]["sha256"]:
-                raise InputError(f"train.init.from {spec}: the weights differ from the sha256 recorded at "
-                                 f"registration; the file was changed, so it is not used")
-            record = {"from": spec, **record, "model": parent.model}
+            record = {"from": spec, **record}
         (tmp / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
