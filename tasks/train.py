@@ -85,7 +85,7 @@ class Run:
         return tag
 
 
-def start(params: Train, splits: Path, transform: Path, checkpoints: Path, parent_dir: Path = Path("parent")
+def start(params: Train, splits: Path, transform: Path, checkpoints: Path, parent_dir: Path = Path("parent_model")
           ) -> tuple[Run, LoopState]:
     """Every rank: the data, the engine, and the loop state, fresh or resumed from a checkpoint."""
     import deepspeed
@@ -155,7 +155,7 @@ def continue_other_count(run: Run, params: Train, source: Path, tag: str, old_wo
 
 
 def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model_path: Path, history_path: Path,
-          live_dir: Path, parent_dir: Path = Path("parent")) -> dict:
+          live_dir: Path, parent_dir: Path = Path("parent_model")) -> dict:
     """Run on every rank (started by DeepSpeed's launcher); rank 0 writes the shared files."""
     warnings.filterwarnings("ignore", "`torch.distributed.all_gather_into_tensor` is deprecated",
                             FutureWarning)  # DeepSpeed's ZeRO checkpointing, once per save

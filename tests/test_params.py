@@ -61,6 +61,15 @@ def test_the_command_checks_a_params_file(tmp_path):
     assert bad.returncode == EXIT_INPUT and "clean.batch_rowz: unknown key" in bad.stderr
 
 
+@pytest.mark.parametrize("name", ["parent", "Created", "rev/"])
+def test_a_path_dvc_exp_show_names_itself_is_refused(tmp_path, name):
+    """A dep at `parent` gave `dvc exp show --only-changed` two columns of one name (KeyError 'parent')."""
+    params = shipped()
+    params["paths"]["parent"] = name
+    with pytest.raises(InputError, match=r"paths\.parent: .*a column `dvc exp show` names itself"):
+        load_params(write(tmp_path, params))
+
+
 def test_params_are_frozen():
     p = load_params(ROOT / "params.yaml")
     with pytest.raises(ValidationError, match="frozen"):

@@ -1,6 +1,6 @@
 """A child's data under its parent's preprocessing, and the leak check between the two.
 
-    record = fetched(Path("parent"), spec)           # parent.json, checked to be train.init.from's
+    record = fetched(Path("parent_model"), spec)           # parent.json, checked to be train.init.from's
     t = adopt(parent_t, child_t, head, where)         # clean: the parent's fitted transform, the child's labels
     leaked = leaks(parent_rows, child_hashes, test)   # row hashes of the child's test split the parent trained on
     write_rows(path, hashes, split)                   # clean: each kept row's hash and split, for later children

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# `dvc exp show` names its own columns so; a dep at one of these paths breaks the table (KeyError)
+EXP_SHOW_COLUMNS = frozenset({"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"})
 
 
 class Section(BaseModel):
@@ -23,7 +26,7 @@ class Paths(Section):
     """Every file the pipeline reads or writes; dvc.yaml templates these."""
 
     sources: Path = Field(description="folder of local source files (an ingest dep)")
-    parent: Path = Field(Path("parent"), description="parent: a warm start's parent, its weights and "
+    parent: Path = Field(Path("parent_model"), description="parent: a warm start's parent, its weights and "
                          "preprocessing (train.init.from), fetched from the registry")
     raw: Path = Field(description="ingest: raw snapshot (Parquet)")
     raw_manifest: Path = Field(description="ingest: data version, row count, schema, profile, source")
@@ -44,3 +47,11 @@ class Paths(Section):
     figures: Path = Field(description="evaluate: PNG figures for people and Prefect")
     lineage: Path = Field(description="register: the registered version's record")
     model_card: Path = Field(description="register: the version's model card (markdown)")
+
+    @field_validator("*")
+    @classmethod
+    def _not_a_dvc_column(cls, v: Path) -> Path:
+        if str(v).rstrip("/") in EXP_SHOW_COLUMNS:
+            raise ValueError(f"'{v}' is a column `dvc exp show` names itself ({', '.join(sorted(EXP_SHOW_COLUMNS))}); "
+                             f"a dep at that path breaks the experiments table: name it otherwise (e.g. data/{v})")
+        return v

@@ -5,7 +5,7 @@
                                             #   and `chain`: its parent, the parent's parent... to scratch
     trained_on("1f2e3d4c", repo=repo)       # versions whose data has that md5 (prefix) or data version
     children("digits@v0.0.3", repo)         # versions fine-tuned from that version (by commit and weights)
-    derived_from(Path("parent"))            # what register records of the parent stage's parent.json
+    derived_from(Path("parent_model"))            # what register records of the parent stage's parent.json
 
 The data queries read the dvc.lock committed with each version (tasks.registry.dvc_files), so they answer
 for the data as it was when the version was registered, not as it is in the checkout now. Parent and child

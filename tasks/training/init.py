@@ -1,6 +1,6 @@
 """A warm start (train.init): the child model begins with its parent's weights, parts frozen or slower.
 
-    parent = read_fetched(Path("parent"), init)         # what the parent stage fetched for train.init.from
+    parent = read_fetched(Path("parent_model"), init)         # what the parent stage fetched for train.init.from
     parent = read_parent("digits@prod")                 # or a .safetensors file train wrote (the stage reads so)
     kept = check_fit(parent, "cnn", child, "reset")     # before any rank starts: the tensors that load
     warm_start(child, "cnn", parent, "reset")           # every rank, before deepspeed.initialize

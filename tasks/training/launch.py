@@ -118,7 +118,7 @@ def precheck(p: Params) -> None:
                        fingerprint(p.train, p.paths.splits, parent and parent["sha256"]), world)
 
 
-def check_warm_start(p: Train, child: torch.nn.Module, stage: int, folder: Path = Path("parent")) -> dict | None:
+def check_warm_start(p: Train, child: torch.nn.Module, stage: int, folder: Path = Path("parent_model")) -> dict | None:
     """train.init, before any rank starts: the parent is read and checked (sha256, safetensors, family, every
     tensor's shape), and so are its freeze patterns and unfreezing; returns the parent's identity."""
     if not p.init.from_:

@@ -59,11 +59,11 @@ def child(parent):
 def test_the_child_starts_from_the_parent_with_its_preprocessing_and_a_frozen_backbone(child):
     repo, weights, out = child
     assert "parent: digits@prod is digits v0.0.1" in out and "its preprocessing comes with it" in out
-    assert (repo / "parent/model.safetensors").read_bytes() == weights  # the registered bytes, as fetched
-    fetched = json.loads((repo / "parent/parent.json").read_text())
+    assert (repo / "parent_model/model.safetensors").read_bytes() == weights  # the registered bytes, as fetched
+    fetched = json.loads((repo / "parent_model/parent.json").read_text())
     assert fetched["version"] == "v0.0.1" and fetched["weights"]["sha256"] == hashlib.sha256(weights).hexdigest()
     t = json.loads((repo / "data/clean/transform.json").read_text())
-    theirs = json.loads((repo / "parent/transform.json").read_text())
+    theirs = json.loads((repo / "parent_model/transform.json").read_text())
     assert t["inherited"] and t["numeric"] == theirs["numeric"]  # the parent's scaling, not a new fit
     assert [str(c) for c in t["classes"]] == ["5", "6", "7", "8", "9"] and theirs["classes"] != t["classes"]
     assert t["leak_check"] == {"test_rows_in_parent_training": 0}
@@ -74,7 +74,7 @@ def test_the_child_starts_from_the_parent_with_its_preprocessing_and_a_frozen_ba
     module = model_from_bytes(weights, "parent")
     backbone, head = split(module)
     params = {n for n, _ in module.named_parameters()}
-    before, after = load_file(repo / "parent/model.safetensors"), load_file(repo / MODEL)
+    before, after = load_file(repo / "parent_model/model.safetensors"), load_file(repo / MODEL)
     frozen = [k for k in backbone if k in params]
     assert frozen and all(before[k].equal(after[k]) for k in frozen)  # bit-identical after training
     assert after[head[-1]].shape[0] == 5 and not before[head[0]].equal(after[head[0]])  # a new head, trained
@@ -106,7 +106,7 @@ def test_a_second_repro_changes_nothing_and_moving_prod_reruns_the_child_but_not
     summaries = pipeline(repo=str(repo))
     status = {s: v["status"] for s, v in summaries.items()}
     assert status["ingest"] == "skipped" and all(status[s] == "ran" for s in ("parent", "clean", "train")), status
-    assert json.loads((repo / "parent/parent.json").read_text())["version"] == "v0.0.2"
+    assert json.loads((repo / "parent_model/parent.json").read_text())["version"] == "v0.0.2"
     assert lineage(repo, "digits@v0.0.3")["derived_from"]["version"] == "v0.0.2"
     assert [c["version"] for c in lineage(repo, "digits@v0.0.3")["chain"]] == ["v0.0.3", "v0.0.2", "v0.0.1"]
 

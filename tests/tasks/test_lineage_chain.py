@@ -181,7 +181,7 @@ def test_a_broken_parent_record_is_named(repo):  # noqa: F811
     assert register(repo)["derived_from"] is None  # {"from": null}: from scratch
     (repo.paths.parent / "parent.json").write_text("{not json")
     produce(repo, 0.9, seed=2)
-    with pytest.raises(InputError, match=r"parent/parent.json: not JSON .*run `dvc repro parent`"):
+    with pytest.raises(InputError, match=r"parent_model/parent.json: not JSON .*run `dvc repro parent`"):
         register(repo)
     write_json(repo.paths.parent / "parent.json", {"from": "digits@prod", "artifact": "digits"})
     with pytest.raises(InputError, match=r"the parent 'digits@prod' has no weights sha256 and no commit"):
