@@ -44,6 +44,13 @@ def predict_classes(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> n
 def plot_curves(history: list[dict], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    if not history:  # train.epochs 0: a warm start evaluated as loaded
+        for ax in (ax_loss, ax_acc):
+            ax.text(0.5, 0.5, "no epoch trained (train.epochs 0)", ha="center", va="center")
+            ax.set_axis_off()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")

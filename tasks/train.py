@@ -106,7 +106,7 @@ def start(params: Train, splits: Path, transform: Path, checkpoints: Path, paren
     x_val, y_val, _ = load_split(split_path(splits, "val"))
     mcfg = runs.model_config(params, schema, x.shape[1], runs.n_outputs(read_json(transform, "clean transform")))
     steps_per_epoch = max(len(x) // world // params.batch_size // params.grad_accum, 1)
-    cfg = ds_config(params, world, steps_per_epoch * params.epochs)
+    cfg = ds_config(params, world, steps_per_epoch * max(params.epochs, 1))  # a schedule needs a step
     parent = [warm.read_fetched(parent_dir, params.init) if params.init.from_ and rank == 0 else None]
     dist.broadcast_object_list(parent, src=0)  # one read, and one parent on every rank (digits@prod may move)
     parent = parent[0]
@@ -165,6 +165,10 @@ def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model
     live = Live(live_dir, state.history) if rank == 0 else None
     agreed = Agreement(preemption, rank, engine.device)
     trial = TrialReport.from_env(rank)  # inside a search: report epochs to the study, obey its pruner
+    if params.epochs == 0:  # the warm start itself, checkpointed (again, on a rerun) as the model
+        say(rank, f"train: 0 epochs: the model is {params.init.from_}'s weights as loaded (head "
+                  f"{params.init.head})")
+        run.save(state, "epoch", params.checkpoint.keep_last)
     for epoch in range(state.epoch, params.epochs + 1):
         if state.stopped_early(es):
             break

@@ -239,3 +239,15 @@ def test_a_warm_start_is_checked_whole(tmp_path):
     with pytest.raises(InputError) as err:
         load_params(write(tmp_path, params))
     assert "train.init.backbone_lr_ratio" in str(err.value) and "train.init.head" in str(err.value)
+
+
+def test_zero_epochs_only_evaluate_a_warm_start_with_its_own_head(tmp_path):
+    params = shipped()
+    params["train"]["epochs"] = 0
+    with pytest.raises(InputError, match=r"train\.epochs 0 trains nothing.*train\.init\.from"):
+        load_params(write(tmp_path, params))
+    params["train"]["init"] |= {"from": "digits@prod", "head": "reset"}
+    with pytest.raises(InputError, match=r"head reset leaves the new head untrained"):
+        load_params(write(tmp_path, params))
+    params["train"]["init"]["head"] = "keep"
+    assert load_params(write(tmp_path, params)).train.epochs == 0

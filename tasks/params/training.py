@@ -156,7 +156,8 @@ class Train(Section):
     loss: Literal["cross_entropy", "mse", "mae"] = Field("cross_entropy", description="mse and mae train a "
                                                          "regression on a numeric label (ingest.task: regression)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross_entropy only")
-    epochs: int = Field(8, ge=1, description="passes over the training split (early stopping may end sooner)")
+    epochs: int = Field(8, ge=0, description="passes over the training split (early stopping may end sooner); "
+                        "0 with train.init.from: the model is the warm start itself, its metrics the parent's")
     batch_size: int = Field(32, ge=1, description="per process (DeepSpeed micro batch)")
     grad_accum: int = Field(1, ge=1, description="micro batches per optimizer step")
     optimizer: Optimizer = Optimizer()
@@ -185,6 +186,12 @@ class Train(Section):
 
     @model_validator(mode="after")
     def _unfreeze_within_the_run(self) -> Train:
+        if self.epochs == 0 and not self.init.from_:
+            raise ValueError("train.epochs 0 trains nothing, and without train.init.from the model would be its "
+                             "random initial weights: set at least 1, or a parent to start from")
+        if self.epochs == 0 and self.init.head == "reset":
+            raise ValueError("train.epochs 0 with train.init.head reset leaves the new head untrained (random): "
+                             "set at least 1 epoch, or head keep")
         at = self.init.unfreeze_at_epoch
         if at is not None and at > self.epochs:
             raise ValueError(f"train.init.unfreeze_at_epoch {at} is after the last epoch (train.epochs "

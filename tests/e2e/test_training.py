@@ -1,5 +1,5 @@
 """train, for real (DeepSpeed, 2 CPU ranks over gloo): exact resume after kill -9, checkpoint checks,
-SIGTERM, non-finite loss, retention, early stopping.
+SIGTERM, non-finite loss, retention, early stopping; a warm start's frozen weights through all of it.
 
 Slow: `pytest -m slow tests/e2e/test_training.py`.
 """
@@ -273,3 +273,60 @@ def test_bf16_on_cpu_ranks_learns(prepared, tmp_path):
     history = train_history(repo)
     assert history[-1]["val_accuracy"] > 0.8  # ten classes: chance is 0.1
     assert all(t.dtype == torch.float32 for t in weights(repo).values())  # the model file is fp32 whatever trained
+
+
+def warm_start(prepared: Path, reference: dict, dest: Path, port: int, **changes) -> tuple[Path, dict, list[str]]:
+    """A repo fine-tuning the reference's model file (a safetensors spec) with its backbone frozen, the parent
+    fetched by the parent stage's code; the parent's tensors and the names of its frozen parameters."""
+    from models import split
+    from tasks.weights import model_from_bytes
+
+    parent = dest.parent / "parent.safetensors"
+    shutil.copyfile(reference["repo"] / "model/model.safetensors", parent)
+    repo = fresh(prepared, dest, port, **{"train.init.from": str(parent), "train.init.freeze": "backbone",
+                                          "train.init.backbone_lr_ratio": 0.1, **changes})
+    run([sys.executable, "-m", "tasks.parent"], repo)
+    module = model_from_bytes(parent.read_bytes(), str(parent))
+    backbone, _ = split(module)
+    trainable = {n for n, _ in module.named_parameters()}
+    return repo, load_file(parent), [k for k in backbone if k in trainable]  # parameters, not BatchNorm's buffers
+
+
+def checkpointed(repo: Path, tag: str) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir(repo) / tag / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+
+
+def test_frozen_weights_stay_bit_identical_through_kill_9_and_the_resume_is_exact_across_the_unfreeze_epoch(
+        prepared, reference, tmp_path):
+    unfreeze = {"train.init.unfreeze_at_epoch": 3}
+    whole, parent, frozen = warm_start(prepared, reference, tmp_path / "whole" / "repo", 29791, **unfreeze)
+    train(whole)
+    ref = weights(whole)
+    assert frozen and any(not ref[k].equal(parent[k]) for k in frozen)  # they trained from epoch 3 on
+
+    repo, _, _ = warm_start(prepared, reference, tmp_path / "killed" / "repo", 29792, **unfreeze)
+    target = random.Random().randint(21, 35)  # in epoch 2 (19 optimizer steps an epoch): still frozen
+    proc = start(repo)
+    wait_for(lambda: newest_step(repo) >= target, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = complete(repo)
+    assert done
+    for tag in done:  # every checkpoint of the frozen epochs holds the parent's very bits
+        state = checkpointed(repo, tag)
+        assert all(state[k].equal(parent[k]) for k in frozen), tag
+    out = train(repo).stdout
+    assert f"resumed from {shown(repo, done[-1])}" in out
+    assert_same_weights(weights(repo), ref)  # the resumed run unfroze at epoch 3 as the whole one did
+
+
+@pytest.mark.parametrize("stage,port", [(1, 29793), (2, 29794)])
+def test_a_frozen_backbone_stays_bit_identical_under_zero(prepared, reference, tmp_path, stage, port):
+    repo, parent, frozen = warm_start(prepared, reference, tmp_path / "repo", port,
+                                      **{"train.zero_stage": stage, "train.epochs": 2})
+    train(repo)
+    assert json.loads((run_dir(repo) / "ds_config.json").read_text())["zero_optimization"]["stage"] == stage
+    after = weights(repo)
+    assert frozen and all(after[k].equal(parent[k]) for k in frozen)
+    assert any(not after[k].equal(parent[k]) for k in after.keys() - set(frozen))  # the head trained
+    assert train_history(repo)[-1]["val_accuracy"] > 0.8

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from tests.conftest import copy_repo, run, set_params
 
 pytestmark = pytest.mark.slow
+PARENT_METRICS: dict = {}  # the parent's test metrics, as its own evaluate wrote them
 MODEL = "model/model.safetensors"
 CHILD = {"ingest.labels": [5, 6, 7, 8, 9], "ingest.per_class": 20, "contract.min_rows": 50,
          "contract.min_class_rows": 10, "train.init.from": "digits@prod", "train.init.head": "reset",
@@ -44,6 +45,7 @@ def parent(tmp_path_factory):
     run(["git", "commit", "-qam", "the parent task: digits 0-4"], repo)
     out = run(["dvc", "repro"], repo).stdout
     assert "parent: none (train.init.from is null)" in out and "digits v0.0.1" in out and "promoted to prod" in out
+    PARENT_METRICS.update(json.loads((repo / "reports/metrics.json").read_text()))
     return repo, (repo / MODEL).read_bytes()
 
 
@@ -109,6 +111,19 @@ def test_a_second_repro_changes_nothing_and_moving_prod_reruns_the_child_but_not
     assert json.loads((repo / "parent_model/parent.json").read_text())["version"] == "v0.0.2"
     assert lineage(repo, "digits@v0.0.3")["derived_from"]["version"] == "v0.0.2"
     assert [c["version"] for c in lineage(repo, "digits@v0.0.3")["chain"]] == ["v0.0.3", "v0.0.2", "v0.0.1"]
+
+
+def test_zero_epochs_from_the_parent_on_its_own_task_reproduces_its_test_metrics(child):
+    """The warm start is exact: the parent's weights, transform and test rows give the parent's figures."""
+    repo, weights, _ = child
+    set_params(repo, {"ingest.labels": [0, 1, 2, 3, 4], "ingest.per_class": None, "train.init.head": "keep",
+                      "train.init.from": "digits@v0.0.1", "train.epochs": 0})
+    out = run(["dvc", "repro", "evaluate"], repo).stdout
+    assert "train: 0 epochs: the model is digits@v0.0.1's weights as loaded" in out
+    assert json.loads((repo / "reports/metrics.json").read_text()) == PARENT_METRICS
+    before, after = load_file(repo / "parent_model/model.safetensors"), load_file(repo / MODEL)
+    assert before.keys() == after.keys() and all(before[k].equal(after[k]) for k in before)
+    assert json.loads((repo / "reports/train_history.json").read_text()) == []
 
 
 def test_a_child_of_the_same_source_whose_test_rows_the_parent_trained_on_is_refused(child):

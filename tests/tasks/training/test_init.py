@@ -221,6 +221,21 @@ for epoch in (1, 2):
         assert abs(backbone - 0.5 * head) < 1e-15, (head, backbone)
     same = [torch.equal(model.state_dict()[k], before[k]) for k in ("net.0.weight", "net.0.bias", "net.4.weight")]
     print("epoch", epoch, "unchanged", same, "lr", engine.get_lr())
+for stage in (1, 2):  # ZeRO partitions what trains at start: the frozen layer stays out of it, untouched
+    p = Train.model_validate({"model": "mlp", "zero_stage": stage, "schedule": {"name": "cosine", "warmup_steps": 2},
+                              "init": {"from": "p.safetensors", "freeze": ["net.0"], "backbone_lr_ratio": 0.25}})
+    model = build("mlp", {"n_features": 8, "n_outputs": 3, "hidden": [8, 8], "norm": "none"})
+    engine = build_engine(model, ds_config(p, 1, 10), warm.param_groups(model, p.init, p.optimizer.lr))
+    before, heads = {k: v.clone() for k, v in model.state_dict().items()}, []
+    for _ in range(6):
+        engine.backward(torch.nn.functional.cross_entropy(engine(x), y))
+        engine.step()
+        head, backbone = (g["lr"] for g in engine.optimizer.param_groups)
+        assert abs(backbone - 0.25 * head) < 1e-15, (stage, head, backbone)
+        heads.append(head)
+    assert max(heads) > 0.5 * p.optimizer.lr, heads  # warmed up past 0: the ratio held at real rates
+    same = [torch.equal(model.state_dict()[k], before[k]) for k in ("net.0.weight", "net.0.bias", "net.4.weight")]
+    print("zero", stage, "unchanged", same)
 """
 
 
@@ -234,4 +249,5 @@ def test_one_deepspeed_engine_keeps_frozen_weights_until_they_unfreeze_and_the_r
     assert done.returncode == 0, done.stderr[-3000:]
     assert "epoch 1 unchanged [True, True, False]" in done.stdout
     assert "epoch 2 unchanged [False, False, False]" in done.stdout
+    assert "zero 1 unchanged [True, True, False]" in done.stdout and "zero 2 unchanged [True, True, False]" in done.stdout
 
