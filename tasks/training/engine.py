@@ -95,6 +95,8 @@ def build_engine(model: torch.nn.Module, cfg: dict, groups: list[dict] | None = 
     from tasks.training import ops
 
     ops.build()  # a no-op once the rank's start has loaded it
+    if groups and zero_stage(cfg) > 0:  # ZeRO 1/2 partition a group's trainable parameters and fail (IndexError)
+        groups = [g for g in groups if any(p.requires_grad for p in g["params"])]  # on a wholly frozen group
     engine, *_ = deepspeed.initialize(model=model, model_parameters=groups or model.parameters(), config=cfg)
     clip_locally(engine)
     return engine

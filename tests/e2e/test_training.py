@@ -282,6 +282,7 @@ def warm_start(prepared: Path, reference: dict, dest: Path, port: int, **changes
     from tasks.weights import model_from_bytes
 
     parent = dest.parent / "parent.safetensors"
+    dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(reference["repo"] / "model/model.safetensors", parent)
     repo = fresh(prepared, dest, port, **{"train.init.from": str(parent), "train.init.freeze": "backbone",
                                           "train.init.backbone_lr_ratio": 0.1, **changes})
