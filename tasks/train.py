@@ -166,9 +166,12 @@ def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model
     agreed = Agreement(preemption, rank, engine.device)
     trial = TrialReport.from_env(rank)  # inside a search: report epochs to the study, obey its pruner
     if params.epochs == 0:  # the warm start itself, checkpointed (again, on a rerun) as the model
-        say(rank, f"train: 0 epochs: the model is {params.init.from_}'s weights as loaded (head "
-                  f"{params.init.head})")
         run.save(state, "epoch", params.checkpoint.keep_last)
+        figures = validate(engine, run.x_val, run.y_val, run.dtype, params)
+        if rank == 0:
+            live.warm_start(figures)
+        say(rank, f"train: 0 epochs: the model is {params.init.from_}'s weights as loaded (head "
+                  f"{params.init.head}): " + " ".join(f"{k} {v:.4f}" for k, v in figures.items()))
     for epoch in range(state.epoch, params.epochs + 1):
         if state.stopped_early(es):
             break

@@ -43,6 +43,12 @@ class Live:
             self.live.summary.pop(k, None)
         self.live.next_step()
 
+    def warm_start(self, figures: dict) -> None:
+        """train.epochs 0: no epoch to plot; the summary holds the loaded model's validation figures."""
+        self.live.summary.update(figures)
+        self.live.make_summary()
+        (Path(self.live.plots_dir) / "metrics").mkdir(parents=True, exist_ok=True)  # a DVC output, empty
+
     def mark(self, key: str, value) -> None:
         """A figure of the run as a whole in DVCLive's summary (`dvc exp show` lists it), e.g. a pruned epoch."""
         self.live.summary[key] = value

@@ -124,6 +124,8 @@ def test_zero_epochs_from_the_parent_on_its_own_task_reproduces_its_test_metrics
     before, after = load_file(repo / "parent_model/model.safetensors"), load_file(repo / MODEL)
     assert before.keys() == after.keys() and all(before[k].equal(after[k]) for k in before)
     assert json.loads((repo / "reports/train_history.json").read_text()) == []
+    summary = json.loads((repo / "reports/train/metrics.json").read_text())  # the loaded model, validated
+    assert f"val_accuracy {summary['val_accuracy']:.4f}" in out and summary["val_accuracy"] > 0.9
 
 
 def test_a_child_of_the_same_source_whose_test_rows_the_parent_trained_on_is_refused(child):
