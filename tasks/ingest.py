@@ -75,11 +75,11 @@ def _warn_skipped(skipped: tuple[str, ...], warn) -> None:
         warn(f"ingest: warning: and {len(skipped) - MAX_LISTED} more skipped (all in the contract report)")
 
 
-def _budget(table: pa.Table, where: Callable[[int], str], params: Ingest
+def _budget(table: pa.Table, where: Callable[[int], str], params: Ingest, clean: Clean | None
             ) -> tuple[pa.Table, Callable[[int], str], dict | None]:
     """The rows ingest.labels and ingest.per_class keep (tasks/data/budget.py), an example row still named
     by its place in the source, and the record of what was applied (None: every row kept)."""
-    rows, selection = label_budget(table, params)
+    rows, selection = label_budget(table, params, clean.split if clean is not None else None)
     if rows is None:
         return table, where, None
     return table.take(pa.array(rows)), lambda i: where(int(rows[i])), selection
@@ -91,7 +91,7 @@ def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Pa
     return the manifest."""
     source = read_source(params, log)
     _warn_skipped(source.skipped, warn)
-    table, where, selection = _budget(_plain(source.table), source.where or dc.row_number, params)
+    table, where, selection = _budget(_plain(source.table), source.where or dc.row_number, params, clean)
     violations = dc.check(table, contract, params, where)
     readable = not any(v["check"] in ("columns", "type") for v in violations)
     if clean is not None and readable:

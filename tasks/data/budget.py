@@ -32,6 +32,13 @@ of them (its `missing: drop` may, for a row with a gap). What is guaranteed:
   (clean.split.seed), so the sample is not drawn from one split even at an
   equal seed.
 
+`ingest.per_class_in: train` applies the budget to the training split only:
+each row's split is the one clean will give it (clean.split's key hash, the
+function clean runs), k rows of each class's training rows are sampled as
+above, and every validation and test row of the kept labels stays, so a
+few-label child is measured on a whole test split. Clean's split of the
+snapshot is the same, as a row's split depends on its own key alone.
+
 A column added to (or dropped from) the source changes every row's content,
 and so draws a new sample. Kept rows stay in source order. Two distinct rows with the same 64-bit hash
 (about n^2 / 2^65) would tie, broken by position.
@@ -44,9 +51,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.data.contract import as_float, kind_of, unusable_mask
-from tasks.data.hashing import first_occurrences, mix, row_hash
+from tasks.data.hashing import assign_splits, first_occurrences, mix, row_hash
 from tasks.errors import InputError
-from tasks.params import Ingest
+from tasks.params import Ingest, Split
 
 _SAMPLE = np.uint64(0x7065725F636C6173)  # "per_clas": the sample's salt is never the split's
 MAX_SHOWN = 30  # labels named in an error
@@ -113,7 +120,8 @@ def _per_class(table: pa.Table, col: pa.ChunkedArray, numeric: bool, keep: np.nd
     return out
 
 
-def label_budget(table: pa.Table, params: Ingest) -> tuple[np.ndarray | None, dict | None]:
+def label_budget(table: pa.Table, params: Ingest, split: Split | None = None
+                 ) -> tuple[np.ndarray | None, dict | None]:
     """The indices of the rows kept (in source order) and the record of what was applied; (None, None) when
     nothing is selected, or when the label column is missing or of no usable type (the contract names it)."""
     label = params.label_column
@@ -126,10 +134,17 @@ def label_budget(table: pa.Table, params: Ingest) -> tuple[np.ndarray | None, di
     keep = np.ones(n, bool)
     if params.labels is not None:
         keep &= _in_labels(col, numeric, params.labels, label)
-    if params.per_class is not None:
+    if params.per_class is not None and params.per_class_in == "train":  # the split clean will give each row
+        split = split or Split()
+        keys = list(split.key_columns) or table.column_names
+        held_out = assign_splits(row_hash(table, keys), split) != 0
+        keep = _per_class(table, col, numeric, keep & ~held_out, params.per_class, params.sample_seed) \
+            | (keep & held_out)
+    elif params.per_class is not None:
         keep = _per_class(table, col, numeric, keep, params.per_class, params.sample_seed)
     rows = np.flatnonzero(keep)
     record = {"labels": list(params.labels) if params.labels is not None else None, "per_class": params.per_class,
               "sample_seed": params.sample_seed if params.per_class is not None else None,
+              **({"per_class_in": "train"} if params.per_class_in == "train" else {}),
               "rows_before": n, "rows_after": len(rows)}
     return rows, record

@@ -48,6 +48,10 @@ class Ingest(Section):
         None, ge=1, description="keep at most this many rows of each class (distinct, labelled ones), a sample "
         "chosen by a hash of each row's content and ingest.sample_seed, not by position; null: every row")
     sample_seed: int = Field(0, description="salt of ingest.per_class's row hash: another seed, another sample")
+    per_class_in: Literal["all", "train"] = Field(
+        "all", description="all: the snapshot keeps ingest.per_class rows of each class; train: per_class of each "
+        "class's training rows (the split clean.split's hashes give them), every validation and test row kept, "
+        "so a few-label run is measured on the whole test split")
 
     @model_validator(mode="after")
     def _classes_only(self) -> Ingest:
@@ -56,6 +60,9 @@ class Ingest(Section):
             raise ValueError(f"{' and '.join(keys)} select{'s' * (len(keys) == 1)} rows by class, and ingest.task "
                              f"is regression (a numeric target has no classes); set {'them' if keys[1:] else 'it'} "
                              f"to null")
+        if self.per_class_in != "all" and self.per_class is None:
+            raise ValueError(f"ingest.per_class_in {self.per_class_in} limits ingest.per_class to a split, and "
+                             f"ingest.per_class is null: set a number of rows, or per_class_in all")
         return self
 
 

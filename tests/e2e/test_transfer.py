@@ -20,7 +20,8 @@ from tests.conftest import copy_repo, run, set_params
 pytestmark = pytest.mark.slow
 PARENT_METRICS: dict = {}  # the parent's test metrics, as its own evaluate wrote them
 MODEL = "model/model.safetensors"
-CHILD = {"ingest.labels": [5, 6, 7, 8, 9], "ingest.per_class": 20, "contract.min_rows": 50,
+CHILD = {"ingest.labels": [5, 6, 7, 8, 9], "ingest.per_class": 10, "ingest.per_class_in": "train",
+         "contract.min_rows": 50,
          "contract.min_class_rows": 10, "train.init.from": "digits@prod", "train.init.head": "reset",
          "train.init.freeze": "backbone", "train.epochs": 4, "train.batch_size": 8, "train.optimizer.lr": 0.01}
 
@@ -69,6 +70,8 @@ def test_the_child_starts_from_the_parent_with_its_preprocessing_and_a_frozen_ba
     assert t["inherited"] and t["numeric"] == theirs["numeric"]  # the parent's scaling, not a new fit
     assert [str(c) for c in t["classes"]] == ["5", "6", "7", "8", "9"] and theirs["classes"] != t["classes"]
     assert t["leak_check"] == {"test_rows_in_parent_training": 0}
+    split_rows = json.loads((repo / "reports/clean.json").read_text())["split_rows"]
+    assert split_rows["train"] == 50 and split_rows["test"] > 100, split_rows  # 10 a class to learn from
 
     from models import split
     from tasks.weights import model_from_bytes

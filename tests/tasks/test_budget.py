@@ -4,6 +4,7 @@ each; the snapshot, its version and the contract report describe the kept rows, 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ from tasks.data.hashing import assign_splits, row_hash
 from tasks.errors import InputError
 from tasks.params import Ingest, Split, load_params
 from tests.conftest import ROOT
-from tests.tasks.conftest import paths, run_ingest, tiny_csv
+from tests.tasks.conftest import paths, run_clean, run_ingest, tiny_csv
 
 
 def source(path, sizes: dict, start: int = 0):
@@ -232,3 +233,44 @@ def test_every_kept_class_has_min_k_and_available_rows_and_only_allowed_labels_r
         old, new = set(rows), set(rows2)
         assert {i for i in new if i < table.num_rows} <= old  # an old row passed over stays out
         assert len(old - new) <= len({i for i in new if i >= table.num_rows})  # one out for each one in
+
+
+@settings(derandomize=True, max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(table=tables(), k=st.integers(1, 6), seed=st.integers(0, 2**64 - 1), split_seed=st.integers(0, 2**32),
+       val=st.floats(0.05, 0.45), test=st.floats(0.05, 0.45))
+def test_a_training_split_budget_keeps_k_training_rows_a_class_and_every_held_out_row(table, k, seed, split_seed,
+                                                                                       val, test):
+    split = Split(seed=split_seed, val_fraction=val, test_fraction=test)
+    rows, record = label_budget(table, Ingest(source="x", per_class=k, sample_seed=seed, per_class_in="train"),
+                                split)
+    assert record["per_class_in"] == "train"
+    out = table.take(pa.array(rows, pa.int64()))
+    where = assign_splits(row_hash(table, table.column_names), split)
+    after = assign_splits(row_hash(out, out.column_names), split)  # as clean splits the snapshot
+    assert (after == where[rows]).all()  # a row's split is its own: the snapshot's agree with the source's
+    held_out = set(np.flatnonzero(where != 0))
+    assert held_out <= set(rows)  # every validation and test row stays, labelled or not, repeated or not
+    trained = table.take(pa.array(np.flatnonzero(where == 0), pa.int64()))
+    have, got = distinct_labelled(trained), distinct_labelled(out.filter(pa.array(after == 0)))
+    for c in have:
+        assert len(got.get(c, ())) == min(k, len(have[c])), c
+        assert out.filter(pa.array(after == 0))["label"].to_pylist().count(c) == len(got.get(c, ())), c
+
+
+def test_a_training_split_budget_through_ingest_and_clean(tmp_path):
+    whole, budget = tmp_path / "whole", tmp_path / "budget"
+    src = source(tmp_path / "s.csv", {0: 40, 1: 40, 2: 40})
+    run_ingest(src, whole)
+    run_ingest(src, budget, per_class=3, per_class_in="train")
+    run_clean(whole)
+    run_clean(budget)
+
+    def counts(root) -> Counter:
+        t = pa.ipc.open_file(paths(root)["clean"]).read_all()
+        return Counter(zip(t["label"].to_pylist(), t["split"].to_pylist()))
+
+    a, b = counts(whole), counts(budget)
+    assert all(b[(c, s)] == a[(c, s)] for c, s in a if s != "train")  # validation and test whole
+    assert all(b[(c, "train")] == 3 for c in (0, 1, 2))
+    with pytest.raises(ValidationError, match="per_class_in train limits ingest.per_class to a split"):
+        Ingest(source="x", per_class_in="train")

@@ -249,5 +249,5 @@ def test_one_deepspeed_engine_keeps_frozen_weights_until_they_unfreeze_and_the_r
     assert done.returncode == 0, done.stderr[-3000:]
     assert "epoch 1 unchanged [True, True, False]" in done.stdout
     assert "epoch 2 unchanged [False, False, False]" in done.stdout
-    assert "zero 1 unchanged [True, True, False]" in done.stdout and "zero 2 unchanged [True, True, False]" in done.stdout
+    assert all(f"zero {stage} unchanged [True, True, False]" in done.stdout for stage in (1, 2))
 
