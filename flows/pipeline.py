@@ -73,11 +73,16 @@ def run_stages(repo: Path, p: Params, only_if_new_data: bool, train_timeout_s: f
     finally:
         artifacts.publish_data_report(repo, p)
     name_after_data(repo, p)
-    if only_if_new_data and summaries[0]["outs"] == before and stage_outs(read_lock(repo), "register"):
-        print("ingest: the data version is unchanged; nothing to retrain")
-        return summaries
-    summaries += [parent(stage="parent", repo=r, timeout_s=600),  # re-resolves train.init.from: it runs each time
-                  clean(stage="clean", repo=r, timeout_s=600), augment(stage="augment", repo=r, timeout_s=600)]
+    new_data = summaries[0]["outs"] != before
+    parent_before = stage_outs(read_lock(repo), "parent")
+    summaries.append(parent(stage="parent", repo=r, timeout_s=600))  # re-resolves train.init.from: every run
+    if only_if_new_data and not new_data and stage_outs(read_lock(repo), "register"):
+        if summaries[-1]["outs"] == parent_before:  # a moved stage tag (digits@prod) is news too
+            print("ingest: the data version is unchanged" + (", and so is the parent" if p.train.init.from_ else "")
+                  + "; nothing to retrain")
+            return summaries
+        print(f"parent: {p.train.init.from_} now resolves to other weights; retraining on the same data")
+    summaries += [clean(stage="clean", repo=r, timeout_s=600), augment(stage="augment", repo=r, timeout_s=600)]
     with hardware.share(hardware_slot, world_size(p.train)):  # its share of the machine's devices
         summaries.append(train(stage="train", repo=r, timeout_s=train_timeout_s))
     artifacts.publish_training(repo, p)
@@ -97,7 +102,8 @@ def pipeline(repo: str = ".", overrides: dict[str, Any] | None = None, branch: s
     branch: commit the run's dvc.lock, params and metrics to this branch (made from HEAD if new).
     push: push data, checkpoints and model to `dvc_remote` (DVC's default remote if None), and the
         branch and tags to `git_remote` if given.
-    only_if_new_data: stop after ingest when the data version did not change.
+    only_if_new_data: stop after ingest (and the parent stage) when neither the data version nor the parent
+        (train.init.from, re-resolved: a moved digits@prod) changed.
     """
     path = Path(repo).resolve()
     run_name = flow_run.get_name() or "local"

@@ -51,7 +51,7 @@ class Ingest(Section):
     per_class_in: Literal["all", "train"] = Field(
         "all", description="all: the snapshot keeps ingest.per_class rows of each class; train: per_class of each "
         "class's training rows (the split clean.split's hashes give them), every validation and test row kept, "
-        "so a few-label run is measured on the whole test split")
+        "so a few-label run is measured on the whole test split (nothing without per_class)")
 
     @model_validator(mode="after")
     def _classes_only(self) -> Ingest:
@@ -60,9 +60,6 @@ class Ingest(Section):
             raise ValueError(f"{' and '.join(keys)} select{'s' * (len(keys) == 1)} rows by class, and ingest.task "
                              f"is regression (a numeric target has no classes); set {'them' if keys[1:] else 'it'} "
                              f"to null")
-        if self.per_class_in != "all" and self.per_class is None:
-            raise ValueError(f"ingest.per_class_in {self.per_class_in} limits ingest.per_class to a split, and "
-                             f"ingest.per_class is null: set a number of rows, or per_class_in all")
         return self
 
 

@@ -130,17 +130,25 @@ class WarmStart(Section):
                                      "of the head's (optimizer.lr, as scheduled); 1.0: one rate")
     leak: Literal["refuse", "warn"] = Field("refuse", description="a child's test row the parent trained on: "
                                             "refuse the data (clean), or warn and go on")
+    frozen_norm: Literal["train", "eval"] = Field("train", description="BatchNorm layers whose parameters are all "
+                                                  "frozen: train (their running statistics follow the child's "
+                                                  "batches) or eval (the parent's statistics, used and kept, "
+                                                  "until they unfreeze)")
 
     @model_validator(mode="after")
     def _needs_a_parent(self) -> WarmStart:
         if self.from_ is None:
             used = [k for k, v in (("head", self.head != "keep"), ("freeze", self.freeze != ()),
                                    ("unfreeze_at_epoch", self.unfreeze_at_epoch is not None),
-                                   ("backbone_lr_ratio", self.backbone_lr_ratio != 1.0)) if v]
+                                   ("backbone_lr_ratio", self.backbone_lr_ratio != 1.0),
+                                   ("frozen_norm", self.frozen_norm != "train")) if v]
             if used:
                 raise ValueError(f"train.init.{', train.init.'.join(used)} need(s) a parent: set train.init.from")
         if self.unfreeze_at_epoch is not None and not self.freeze:
             raise ValueError("train.init.unfreeze_at_epoch unfreezes nothing: train.init.freeze is empty")
+        if self.frozen_norm == "eval" and not self.freeze:
+            raise ValueError("train.init.frozen_norm eval holds the frozen BatchNorm layers, and train.init.freeze "
+                             "is empty: name what to freeze, or frozen_norm train")
         return self
 
 

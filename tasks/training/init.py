@@ -171,13 +171,21 @@ def frozen_names(child: nn.Module, init: WarmStart) -> list[str]:
 
 
 def set_trainable(child: nn.Module, init: WarmStart, epoch: int) -> None:
-    """requires_grad for `epoch`: frozen parameters stay without gradients until unfreeze_at_epoch."""
+    """requires_grad for `epoch`: frozen parameters stay without gradients until unfreeze_at_epoch; with
+    train.init.frozen_norm eval, a BatchNorm layer all of whose parameters are frozen is put in eval mode
+    (called at each epoch's start, after validation's train() put every module back in training mode)."""
     if init.from_ is None or not init.freeze:
         return
     thaw = init.unfreeze_at_epoch is not None and epoch >= init.unfreeze_at_epoch
     params = dict(child.named_parameters())
-    for name in frozen_names(child, init):
+    frozen = set(frozen_names(child, init))
+    for name in frozen:
         params[name].requires_grad_(thaw)
+    if init.frozen_norm == "eval":
+        for name, m in child.named_modules():
+            own = [f"{name}.{p}" for p, _ in m.named_parameters(recurse=False)]
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and own and frozen.issuperset(own):
+                m.train(thaw and child.training)  # eval while frozen: the parent's statistics, not updated
 
 
 def param_groups(child: nn.Module, init: WarmStart, lr: float, epoch: int = 1) -> list[dict]:

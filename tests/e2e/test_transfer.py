@@ -99,8 +99,7 @@ def test_the_lineage_chain_and_the_children_query(child):
     assert "Fine-tuned from digits v0.0.1" in card
 
 
-def test_a_second_repro_changes_nothing_and_moving_prod_reruns_the_child_but_not_its_ingest(child,
-                                                                                            prefect_server):
+def test_a_repro_again_changes_nothing_and_a_moved_prod_retrains_on_the_new_data_schedule(child, prefect_server):
     from flows.pipeline import pipeline
 
     repo, _, _ = child
@@ -108,7 +107,7 @@ def test_a_second_repro_changes_nothing_and_moving_prod_reruns_the_child_but_not
     assert ran(run(["dvc", "repro"], repo).stdout) == ["parent"]  # prod unmoved: the same bytes, nothing below
     assert (repo / "dvc.lock").read_bytes() == lock
     run(["gto", "assign", "digits", "--version", "v0.0.2", "--stage", "prod"], repo)  # moved by hand
-    summaries = pipeline(repo=str(repo))
+    summaries = pipeline(repo=str(repo), only_if_new_data=True)  # no new data, but a new parent: retrain
     status = {s: v["status"] for s, v in summaries.items()}
     assert status["ingest"] == "skipped" and all(status[s] == "ran" for s in ("parent", "clean", "train")), status
     assert json.loads((repo / "parent_model/parent.json").read_text())["version"] == "v0.0.2"

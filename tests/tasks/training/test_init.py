@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from models import build, split
 from tasks.errors import InputError
@@ -127,6 +128,26 @@ def test_frozen_parameters_stay_bit_identical_until_they_unfreeze():
     warm.set_trainable(model, cfg, epoch=2)
     steps(1)
     assert not any(torch.equal(model.state_dict()[k], before[k]) for k in frozen)
+
+
+@pytest.mark.parametrize("frozen_norm", ["train", "eval"])
+def test_frozen_batchnorm_keeps_the_parents_statistics_in_eval_and_follows_the_batches_in_train(frozen_norm):
+    torch.manual_seed(0)
+    model = build("cnn", CONFIGS["cnn"])  # BatchNorm after each convolution
+    cfg = init(freeze="backbone", unfreeze_at_epoch=3, frozen_norm=frozen_norm)
+    norms = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    stats = [f"{n}.running_mean" for n in norms] + [f"{n}.running_var" for n in norms]
+    for epoch in (1, 2, 3):
+        model.train()  # as validation leaves it, before each epoch's start
+        warm.set_trainable(model, cfg, epoch)
+        before = {k: model.state_dict()[k].clone() for k in stats}
+        model(X + epoch)  # a batch the parent's statistics have not seen
+        held = all(torch.equal(model.state_dict()[k], before[k]) for k in stats)
+        assert held == (frozen_norm == "eval" and epoch < 3), (epoch, frozen_norm)
+    assert model.training and all(m.training for m in model.modules())  # unfrozen: all in training mode again
+    with pytest.raises(ValidationError, match="frozen_norm eval holds the frozen BatchNorm layers"):
+        init(frozen_norm="eval")
 
 
 def test_freezing_refuses_what_would_leave_nothing_or_a_random_head():
