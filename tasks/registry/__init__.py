@@ -11,6 +11,7 @@
 
     from tasks import registry
     registry.resolve("digits@prod")                       # Version(name, version, commit)
+    registry.stage_holder("digits", "prod")               # the version assigned the stage last (of those in it)
 
 A model spec is NAME@VERSION (digits@v0.0.3), NAME@STAGE (digits@prod) or NAME@latest. Loading and
 prediction are in tasks/loading.py and tasks/predict.py; the register stage (tasks/register.py)
@@ -41,7 +42,9 @@ from tasks.registry.versions import (
     parse_spec,
     read_lineage,
     resolve,
+    stage_events,
     stage_holder,
+    stage_holders,
     stage_stack,
     version_paths,
     versions,
@@ -49,4 +52,4 @@ from tasks.registry.versions import (
 
 __all__ = ["NOTES_REF", "Version", "artifact_names", "chain", "children", "decide", "decisions", "lineage", "main",
            "move_stage", "parse_spec", "promote", "read_lineage", "record_decision", "resolve", "rollback",
-           "stage_holder", "stage_stack", "trained_on", "version_paths", "versions"]
+           "stage_events", "stage_holder", "stage_holders", "stage_stack", "trained_on", "version_paths", "versions"]

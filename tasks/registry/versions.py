@@ -9,6 +9,13 @@ A version is a GTO tag on the commit that register made. A stage is held by one 
 moving it unassigns the holder and assigns the new one (GTO tags, each in a later second than the
 last, since DVC's `artifacts get --stage` takes the newest stage tag by its one-second time).
 Writers (move_stage) run under tasks.registry.git.registry_lock.
+
+Who holds a stage is read here from the stage tags themselves (stage_events), the latest assignment
+winning, not from GTO's `which` (the highest version among those assigned, whenever they were) nor
+its `show` (the latest by the tag's one-second time, and in a tie the lower version): tags made in
+one second (a `gto assign --force` right after a promotion, two promotions at once) are ordered by
+GTO's counter in the tag's name (`digits#prod#7`: one sequence per artifact, each tag one past the
+highest before it).
 """
 
 from __future__ import annotations
@@ -74,24 +81,55 @@ def versions(name: str, repo: str | Path = ".", missing_ok: bool = False) -> lis
         shown = gto.api.show(str(repo), name)
     except ArtifactNotFound:
         shown = []
-    out = [{"version": v["version"], "commit": v["commit_hexsha"], "stages": [s["stage"] for s in v["stages"]],
+    held = {}  # version: the stages it holds, the latest assigned first
+    for stage, holders in stage_holders(name, repo).items():
+        held.setdefault(holders[0].version, []).append(stage)
+    out = [{"version": v["version"], "commit": v["commit_hexsha"], "stages": held.get(v["version"], []),
             "created_at": v["created_at"].isoformat()} for v in shown if VERSION.match(v["version"])]
     if not out and not missing_ok:
         raise InputError(f"no version of {name!r} is registered in {Path(repo).resolve()}")
     return sorted(out, key=lambda v: tuple(int(x) for x in v["version"][1:].split(".")), reverse=True)
 
 
-def stage_holder(name: str, stage: str, repo: str | Path = ".") -> Version | None:
-    """The version in `stage` (GTO's view; the registry keeps one version per stage)."""
-    import gto.api
-    from gto.exceptions import ArtifactNotFound
+def _order(event: dict) -> tuple:
+    """Oldest first: the tag's time (one-second), then GTO's counter in its name (`digits#prod#7`; 0 for
+    the simple `digits#prod` and for versions' tags), then GTO's own order of events in one second."""
+    from gto.tag import parse_name
 
-    try:
-        found = gto.api.find_versions_in_stage(str(repo), name, stage)
-    except ArtifactNotFound:
-        return None
-    found = found[0] if isinstance(found, list) and found else found
-    return Version(name, found.version, found.commit_hexsha) if found else None
+    counter = (parse_name(event["ref"] or "", raise_on_fail=False) or {}).get("counter", 0)
+    return event["timestamp"], counter, event["priority"]
+
+
+def stage_events(name: str, repo: str | Path = ".") -> list[dict]:
+    """`name`'s events as GTO reads them from its tags (gto.api.history: event, version, stage, commit,
+    message, ref = the tag, ...), oldest first by `_order`: within a second, in the order they were made."""
+    import gto.api
+
+    events = [e for e in gto.api.history(str(repo), name, ascending=True) if e["artifact"] == name]
+    return sorted(events, key=_order)  # stable: GTO's order where ours ties
+
+
+def stage_holders(name: str, repo: str | Path = ".") -> dict[str, list[Version]]:
+    """{stage: the versions in it, the latest assigned first}: a version is in a stage when its last
+    event there is an assignment and it is not deregistered (the registry keeps one version per stage;
+    a `gto assign` by hand can add another, which then holds it, as being the latest)."""
+    last: dict[tuple[str, str], tuple[int, dict]] = {}  # (stage, version): its last event there
+    registered: dict[str, bool] = {}
+    for i, e in enumerate(stage_events(name, repo)):
+        if e["event"] in ("registration", "deregistration"):
+            registered[e["version"]] = e["event"] == "registration"
+        elif e["event"] in ("assignment", "unassignment"):
+            last[(e["stage"], e["version"])] = (i, e)
+    holders: dict[str, list[Version]] = {}
+    for (stage, version), (_, e) in sorted(last.items(), key=lambda kv: kv[1][0], reverse=True):
+        if e["event"] == "assignment" and registered.get(version, True):
+            holders.setdefault(stage, []).append(Version(name, version, e["commit"]))
+    return holders
+
+
+def stage_holder(name: str, stage: str, repo: str | Path = ".") -> Version | None:
+    """The version in `stage`: the one assigned it last (of those still in it)."""
+    return (stage_holders(name, repo).get(stage) or [None])[0]
 
 
 def resolve(spec: str, repo: str | Path = ".") -> Version:
@@ -142,8 +180,7 @@ def move_stage(name: str, stage: str, version: str, message: str, repo: str | Pa
     import gto.api
 
     who, email = author(repo)
-    held = gto.api.find_versions_in_stage(str(repo), name, stage, versions_per_stage=-1) or []
-    for vs in held:
+    for vs in stage_holders(name, repo).get(stage, []):
         if vs.version != version:
             _after_last_tag(name, repo)
             gto.api.unassign(str(repo), name, version=vs.version, stage=stage, message=f"{message} ({vs.version} "
@@ -155,10 +192,8 @@ def move_stage(name: str, stage: str, version: str, message: str, repo: str | Pa
 
 def stage_stack(name: str, stage: str, repo: str | Path = ".") -> list[str]:
     """The versions that held `stage`, oldest first, with those rolled back taken off."""
-    import gto.api
-
     stack: list[str] = []
-    for e in gto.api.history(str(repo), name, ascending=True):
+    for e in stage_events(name, repo):
         if e["event"] != "assignment" or e["stage"] != stage:
             continue
         if (e["message"] or "").startswith(ROLLBACK):

@@ -9,8 +9,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import gto.api
 import pytest
 import yaml
 
@@ -101,6 +103,71 @@ def test_promote_refuses_a_worse_version_and_rollback_restores_the_previous(repo
     # one version holds the stage at a time
     active = [v for v in registry.versions("digits") if "prod" in v["stages"]]
     assert [v["version"] for v in active] == ["v0.0.1"]
+
+
+def tag_times() -> dict[str, int]:
+    out = subprocess.run(["git", "for-each-ref", "--format=%(refname:strip=2) %(taggerdate:unix)", "refs/tags"],
+                         capture_output=True, text=True, check=True).stdout
+    return {tag: int(t) for tag, t in (line.split() for line in out.splitlines())}
+
+
+def in_one_second(*moves) -> list[str]:
+    """Run `moves` (each makes stage tags; each can be run again) until the last two tags they make fall in
+    one second, as a `gto assign` right after a promotion or two promotions at once can: a tag's time has
+    one-second resolution. The new tags, in the order made."""
+    for _ in range(5):
+        while time.time() % 1 > 0.1:  # early in a second: the moves have the rest of it
+            time.sleep(0.01)
+        before = tag_times()
+        for move in moves:
+            move()
+        times = tag_times()
+        made = sorted(set(times) - set(before), key=lambda t: int(t.rsplit("#", 1)[1]))
+        if times[made[-1]] == times[made[-2]]:
+            return made
+    pytest.fail("five tries made no two stage tags in one second")
+
+
+def by_hand(version, unassign=False):
+    """`gto assign digits --version VERSION --stage prod --force` (or `gto unassign`), as the CLI calls it."""
+    if unassign:
+        return lambda: gto.api.unassign(".", "digits", stage="prod", version=version, message=f"{version} out by hand")
+    return lambda: gto.api.assign(".", "digits", "prod", version=version, force=True, message=f"{version} by hand")
+
+
+def in_prod() -> list[str]:
+    return [v["version"] for v in registry.versions("digits") if "prod" in v["stages"]]
+
+
+def test_the_latest_assignment_holds_the_stage_when_tags_share_a_second(repo):  # noqa: F811
+    for acc, seed in ((0.90, 1), (0.95, 2), (0.97, 3)):
+        produce(repo, acc, seed)
+        register(repo)
+    assert holder() == "v0.0.3" and in_prod() == ["v0.0.3"]
+
+    # promoted (the project's move), then v0.0.2 put back by hand in the same second: v0.0.3 stays assigned
+    made = in_one_second(lambda: registry.move_stage("digits", "prod", "v0.0.3", "prod: again"), by_hand("v0.0.2"))
+    assert tag_times()[made[-1]] == tag_times()[made[-2]]
+    assert holder() == "v0.0.2" and in_prod() == ["v0.0.2"]  # GTO's `which` said v0.0.3, the highest version
+    assert registry.resolve("digits@prod").version == "v0.0.2"
+    assert registry.stage_stack("digits", "prod")[-2:] == ["v0.0.3", "v0.0.2"]
+
+    # two assignments in one second: the later one holds, whichever version is higher
+    in_one_second(by_hand("v0.0.2"), by_hand("v0.0.3"))
+    assert holder() == "v0.0.3" and in_prod() == ["v0.0.3"]  # GTO's `show` took the lower version in a tie
+    in_one_second(by_hand("v0.0.3"), by_hand("v0.0.2"))
+    assert holder() == "v0.0.2" and in_prod() == ["v0.0.2"]
+
+    # out and back in within one second: still in (GTO took the unassignment as the later)
+    in_one_second(by_hand("v0.0.2", unassign=True), by_hand("v0.0.2"))
+    assert holder() == "v0.0.2" and in_prod() == ["v0.0.2"]
+
+    # the registry's own moves read the same: rollback puts back the holder before, alone in the stage
+    out = registry.rollback("digits", "prod")
+    assert (out["version"], out["previous"]) == ("v0.0.3", "v0.0.2")
+    assert holder() == "v0.0.3" and in_prod() == ["v0.0.3"]
+    assert [v.version for v in registry.stage_holders("digits").get("prod", [])] == ["v0.0.3"]
+    assert dvc_stage_rev() == registry.resolve("digits@v0.0.3").commit
 
 
 def test_a_data_version_that_failed_its_contract_is_not_promoted(repo):  # noqa: F811
