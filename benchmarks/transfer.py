@@ -4,34 +4,36 @@
     python benchmarks/transfer.py --seeds 2 --scratch-k 50 --epochs 20
     python benchmarks/transfer.py --parts new-rows --seeds 1 --new-epochs 6 --parent-epochs 2   # a quick check
 
-Three parts (--parts k-shot,new-rows; the second part is the k-shot's --scratch-k, "" leaves it out):
+Three parts (--parts k-shot,new-rows; the second is the k-shot's --scratch-k, "" leaves it out):
 
-The parent task is the digits 0-4 (every row), trained from scratch and registered in prod; the child task
-is 5-9 with k labelled rows per class (ingest.per_class, a seeded sample: ingest.sample_seed = the seed).
-Each child is one `dvc repro evaluate` of the same repository with its params:
+1. k-shot: the parent task is the digits 0-4 (every row), trained from scratch and registered in prod; the
+   child task is 5-9 with k labelled training rows per class (ingest.per_class with per_class_in train, a
+   seeded sample: ingest.sample_seed = the seed; every validation and test row of 5-9 kept, so the best
+   epoch is chosen on a whole validation split, not on a row or two a class). Each child is one
+   `dvc repro evaluate` of the same repository with its params:
 
-- scratch:        train.init.from null, the child's own fitted preprocessing;
-- linear probe:   from digits@prod, a new head, the backbone frozen;
-- fine-tune:      from digits@prod, a new head, everything trained at one rate;
-- discriminative: from digits@prod, a new head, the backbone at a tenth of the head's rate.
+   - scratch:        train.init.from null, the child's own fitted preprocessing;
+   - linear probe:   from digits@prod, a new head, the backbone frozen;
+   - fine-tune:      from digits@prod, a new head, everything trained at one rate;
+   - discriminative: from digits@prod, a new head, the backbone at a tenth of the head's rate.
 
-A child's own test split holds a handful of rows at k = 10, so every child is scored on one larger set: the
-test split of all the digits 5-9 (the same rows whatever the sample, as a row's split follows from its hash),
-read raw and put through each child's own saved transform, as load_model would. Printed: accuracy per
-variant (mean and spread over the seeds), the fine-tuned ratio of points over scratch (target >= 10), and
-the smallest k at which scratch catches up with the best transfer variant at k (target >= 5x k).
-
-New rows (third part, a repository of its own): the same task, all ten digits, first with a label budget
-(ingest.per_class --new-parent-rows of each class's training rows, per_class_in train: every validation and
-test row kept), trained from scratch and registered in prod as the parent; then every row, the parent's
-task with new rows. Measured on the validation split, which is the same rows for the parent and both
-children (a row's split follows from its hash): the target is the parent's validation accuracy at its best
-epoch (the one its model keeps), checked once by train.epochs 0 from digits@prod (the warm start as loaded
-must score exactly that on the new rows' validation split). Then per seed, --new-epochs each, early stopping
-off: a warm start (digits@prod, head kept, nothing frozen, the parent's transform) and scratch (its own
-transform). Printed: the first epoch whose val_accuracy (reports/train_history.json) reaches the target, for
-each, and the warm start's mean over scratch's (target <= 25%). A run that never reaches it within
---new-epochs counts as more than --new-epochs, and the ratio is then a bound.
+   Every child is scored on the test split of all the digits 5-9 (the same rows whatever the sample, as a
+   row's split follows from its hash), read raw and put through each child's own saved transform, as
+   load_model would. Printed: accuracy per variant (mean and spread over the seeds) and the best transfer
+   variant's points over scratch (target >= +10).
+2. Catch-up: scratch again at each --scratch-k; printed, the smallest k at which scratch's mean reaches the
+   best transfer variant's at k (target >= 5x k).
+3. New rows (a repository of its own): the same task, all ten digits, first with a label budget
+   (ingest.per_class --new-parent-rows of each class's training rows, per_class_in train: every validation and
+   test row kept), trained from scratch and registered in prod as the parent; then every row, the parent's
+   task with new rows. Measured on the validation split, which is the same rows for the parent and both
+   children (a row's split follows from its hash): the target is the parent's validation accuracy at its best
+   epoch (the one its model keeps), checked once by train.epochs 0 from digits@prod (the warm start as loaded
+   must score exactly that on the new rows' validation split). Then per seed, --new-epochs each, early stopping
+   off: a warm start (digits@prod, head kept, nothing frozen, the parent's transform) and scratch (its own
+   transform). Printed: the first epoch whose val_accuracy (reports/train_history.json) reaches the target, for
+   each, and the warm start's mean over scratch's (target <= 25%). A run that never reaches it within
+   --new-epochs counts as more than --new-epochs, and the ratio is then a bound.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import copy_repo, run, set_params  # noqa: E402  (sets PATH, PREFECT_HOME)
 
-CHILD = {"ingest.labels": [5, 6, 7, 8, 9], "contract.min_rows": 40, "contract.min_class_rows": 8,
-         "train.batch_size": 8}
+CHILD = {"ingest.labels": [5, 6, 7, 8, 9], "ingest.per_class_in": "train", "contract.min_rows": 40,
+         "contract.min_class_rows": 8, "train.batch_size": 8}
 VARIANTS = {
     "scratch": {"train.init.from": None, "train.init.head": "keep", "train.init.freeze": [],
                 "train.init.backbone_lr_ratio": 1.0},
@@ -66,7 +68,7 @@ def held_out(repo: Path):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    set_params(repo, CHILD | VARIANTS["scratch"] | {"ingest.per_class": None})
+    set_params(repo, CHILD | VARIANTS["scratch"] | {"ingest.per_class": None, "ingest.per_class_in": "all"})
     run(["dvc", "repro", "clean"], repo)
     raw = pq.read_table(repo / "data/raw/table.parquet")
     rows = pq.read_table(repo / "data/clean/rows.parquet")
@@ -176,8 +178,10 @@ def k_shot(tmp: Path, a) -> None:
     run(["git", "commit", "-qam", "the parent task: digits 0-4"], repo)
     out = run(["dvc", "repro"], repo, timeout=1800).stdout
     assert "promoted to prod" in out, out[-2000:]
+    best = min(history(repo), key=lambda e: e["val_loss"])  # the epoch the parent's model keeps
     test = held_out(repo)
-    print(f"parent: digits 0-4, {a.parent_epochs} epochs, registered in prod; child: 5-9, held-out test "
+    print(f"parent: digits 0-4, {a.parent_epochs} epochs, val accuracy {best['val_accuracy']:.4f} (epoch "
+          f"{best['epoch']}), registered in prod; child: 5-9, held-out test "
           f"{test.num_rows} rows; {a.seeds} seeds, child epochs {a.epochs}")
     acc = {v: [child(repo, test, v, a.k, s, a.epochs) for s in range(a.seeds)] for v in VARIANTS}
     print(f"\n{'variant (k = ' + str(a.k) + ')':<24}accuracy (mean ± sd over seeds)")
