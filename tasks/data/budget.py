@@ -137,6 +137,10 @@ def label_budget(table: pa.Table, params: Ingest, split: Split | None = None
     if params.per_class is not None and params.per_class_in == "train":  # the split clean will give each row
         split = split or Split()
         keys = list(split.key_columns) or table.column_names
+        unknown = [k for k in keys if k not in table.column_names]
+        if unknown:
+            raise InputError(f"clean.split.key_columns: {unknown} not in the source (its columns: "
+                             f"{', '.join(table.column_names[:12])}); ingest.per_class_in train needs each row's split")
         held_out = assign_splits(row_hash(table, keys), split) != 0
         keep = _per_class(table, col, numeric, keep & ~held_out, params.per_class, params.sample_seed) \
             | (keep & held_out)

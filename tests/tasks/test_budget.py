@@ -273,3 +273,9 @@ def test_a_training_split_budget_through_ingest_and_clean(tmp_path):
     assert all(b[(c, s)] == a[(c, s)] for c, s in a if s != "train")  # validation and test whole
     assert all(b[(c, "train")] == 3 for c in (0, 1, 2))
     assert label_budget(pa.table({"label": [0, 1]}), Ingest(source="x", per_class_in="train")) == (None, None)
+
+
+def test_a_training_split_budget_names_an_unknown_key_column():
+    with pytest.raises(InputError, match=r"clean\.split\.key_columns: \['idd'\] not in the source"):
+        label_budget(pa.table({"id": [1, 2], "label": [0, 1]}), Ingest(source="x", per_class=1, per_class_in="train"),
+                     Split(key_columns=("idd",)))
