@@ -9,13 +9,14 @@
 Each section of params.yaml is one frozen pydantic model named after its
 stage, with a description per key: data.py (ingest, contract, clean,
 augment), training.py (train and its models, evaluate), register.py, hpo.py (the
-search), and
+search), continual.py (learning from each new data version), and
 base.py (the shared `paths`). loader.py holds the one loader. Every default
 is the value params.yaml ships, and params.yaml writes every key, so DVC sees
 each one a stage reads (tests/test_params.py checks both).
 """
 
 from tasks.params.base import Paths, Section
+from tasks.params.continual import Buffer, Continual, Ewc, Lwf
 from tasks.params.data import (
     Augment,
     Clean,
@@ -52,8 +53,9 @@ from tasks.params.training import (
 )
 
 __all__ = [
-    "Activation", "Augment", "CNN", "Card", "Checkpointing", "Clean", "ColumnRule", "ColumnType", "Contract",
-    "DEFAULT_PARAMS", "Dimension", "Drift", "EarlyStopping", "Evaluate", "Hpo", "ImageAug", "Ingest", "Init", "MLP",
-    "MissingStrategy", "Norm", "Optimizer", "Params", "Paths", "Pruner", "RNN", "Register", "Schedule", "Section",
-    "Split", "TableAug", "TextAug", "TextNorm", "Train", "Transformer", "WarmStart", "load_params", "main",
+    "Activation", "Augment", "Buffer", "CNN", "Card", "Checkpointing", "Clean", "ColumnRule", "ColumnType",
+    "Continual", "Contract", "DEFAULT_PARAMS", "Dimension", "Drift", "EarlyStopping", "Evaluate", "Ewc", "Hpo",
+    "ImageAug", "Ingest", "Init", "Lwf", "MLP", "MissingStrategy", "Norm", "Optimizer", "Params", "Paths", "Pruner",
+    "RNN", "Register", "Schedule", "Section", "Split", "TableAug", "TextAug", "TextNorm", "Train", "Transformer",
+    "WarmStart", "load_params", "main",
 ]

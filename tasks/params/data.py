@@ -142,6 +142,10 @@ class Clean(Section):
     categorical: Literal["onehot", "ordinal"] = Field(
         "onehot", description="unseen categories: all zeros (onehot) or -1 (ordinal)")
     max_categories: int = Field(100, ge=2, description="more distinct values than this: declare a text column")
+    classes: tuple[int | str, ...] | None = Field(None, description="the output layer's classes, in this order "
+                                                  "(the label column's values); null: those of the training "
+                                                  "split. A continual stream whose first data versions lack "
+                                                  "some classes names them all, so every version has one head")
     text: TextNorm = TextNorm()
     split: Split = Split()
     batch_rows: int = Field(65_536, ge=1024, description="rows read, transformed and written at a time: "

@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from tasks.errors import InputError
 from tasks.params.base import Paths, Section
+from tasks.params.continual import Continual
 from tasks.params.data import Augment, Clean, Contract, Ingest
 from tasks.params.hpo import Hpo
 from tasks.params.register import Register
@@ -48,6 +49,7 @@ class Params(Section):
         return self.register_
 
     hpo: Hpo
+    continual: Continual = Continual()
 
     @model_validator(mode="after")
     def _cnn_needs_image(self) -> Params:

@@ -37,6 +37,10 @@ class Register(Section):
     require_contract: bool = Field(True, description="the data version must have passed the data contract")
     require_reproducible: bool = Field(False, description="code committed, and the evaluation rerun on the "
                                        "registered weights gives the recorded metric back")
+    max_forgetting: float | None = Field(None, ge=0, description="the forgetting gate: the most accuracy, in "
+                                         "points (0-100), a version may lose on any past test set (a data "
+                                         "version's, reports/continual.json) against the version in `stage`; "
+                                         "null: no gate")
     stage: str = Field("prod", pattern=r"^[a-z0-9][a-z0-9-]*$", description="the stage a version takes when "
                        "the policy allows it")
     card: Card = Card()

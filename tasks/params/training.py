@@ -119,6 +119,9 @@ class WarmStart(Section):
 
     from_: str | None = Field(None, alias="from", description="the parent: a registered version (digits@prod, "
                               "digits@v0.0.3), or a safetensors file written by train; null trains from scratch")
+    unassigned: Literal["refuse", "scratch"] = Field("refuse", description="a stage (digits@prod) that holds "
+                                                    "no version yet: refuse, or train from scratch (the first "
+                                                    "run of a continual loop)")
     head: Literal["keep", "reset"] = Field("keep", description="keep: the parent's output layer too (the same "
                                            "outputs); reset: the child's own fresh one (another class count)")
     freeze: tuple[str, ...] | Literal["backbone"] = Field((), description="parameters left as the parent had "
@@ -141,7 +144,8 @@ class WarmStart(Section):
             used = [k for k, v in (("head", self.head != "keep"), ("freeze", self.freeze != ()),
                                    ("unfreeze_at_epoch", self.unfreeze_at_epoch is not None),
                                    ("backbone_lr_ratio", self.backbone_lr_ratio != 1.0),
-                                   ("frozen_norm", self.frozen_norm != "train")) if v]
+                                   ("frozen_norm", self.frozen_norm != "train"),
+                                   ("unassigned", self.unassigned != "refuse")) if v]
             if used:
                 raise ValueError(f"train.init.{', train.init.'.join(used)} need(s) a parent: set train.init.from")
         if self.unfreeze_at_epoch is not None and not self.freeze:
