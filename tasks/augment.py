@@ -13,7 +13,11 @@ What a training row gets depends on the data:
   and augmented copies drop each token with probability `token_dropout`.
 
 Only the training split is augmented, and the same seed gives byte-identical
-files.
+files. Continual learning (`continual.strategy`): naive, replay, ewc and lwf
+train on the newest experience's rows only (clean's rows.parquet says which
+data version each row first appeared in; joint keeps every training row), and
+the replay buffer (tasks/buffer.py) is written as one more split, `replay`,
+with `replay.json`: each buffer row's experience and the newest one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
+from tasks.continual.buffer import read as read_buffer
+from tasks.data import inherit
 from tasks.data.contract import check_model_table
 from tasks.data.tables import (
     LABEL,
@@ -38,11 +44,13 @@ from tasks.data.tables import (
     read_json,
     read_model_table,
     text_column_of,
+    write_json,
     write_table,
 )
 from tasks.errors import InputError, run_main
-from tasks.files import TOKENIZER_FILE, split_path
+from tasks.files import REPLAY_RECORD, TOKENIZER_FILE, split_path
 from tasks.params import Augment, ImageAug, TableAug, TextAug, load_params
+from tasks.params.continual import NEW_ROWS_ONLY
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]"]  # [PAD] is id 0, what token_sequences pads with
 
@@ -164,18 +172,47 @@ def parent_tokenizer(path: Path, params: Augment):
     return tok
 
 
+def continual_parts(parts: dict[str, pa.Table], table: pa.Table, clean_path: Path, rows_path: Path | None,
+                    buffer_dir: Path | None, strategy: str) -> tuple[dict[str, pa.Table], dict | None]:
+    """The training split a continual strategy trains on (every row: joint; else the newest experience's
+    rows only, those the parent has not seen), and the replay split: the buffer's rows, with each one's
+    experience for replay.json."""
+    if rows_path is None:
+        return parts, None
+    rows = inherit.read_rows(rows_path)
+    if rows.num_rows != table.num_rows:
+        raise InputError(f"{rows_path}: {rows.num_rows} rows, but {clean_path} has {table.num_rows}; rerun clean")
+    current = len(inherit.experiences_of(rows, rows_path)) - 1
+    if strategy in NEW_ROWS_ONLY:
+        new = pc.equal(rows["experience"].filter(pc.equal(table[SPLIT], "train")), current)
+        parts = dict(parts, train=parts["train"].filter(new))
+        if parts["train"].num_rows == 0:
+            raise InputError(f"{clean_path}: continual.strategy {strategy} trains on the rows the parent has not "
+                             f"seen, and this data version has no new training row (experience {current}); ingest "
+                             f"new data, or set continual.strategy: joint")
+    buffer = read_buffer(buffer_dir) if buffer_dir is not None else None
+    if buffer is None:
+        return parts, {"current_experience": current, "experience": []}
+    replay = buffer.select(table.schema.names).cast(table.schema)
+    return dict(parts, replay=replay), {"current_experience": current,
+                                        "experience": buffer["experience"].to_numpy().tolist()}
+
+
 def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Path,
-            tokenizer: Path | None = None) -> dict:
+            tokenizer: Path | None = None, rows_path: Path | None = None, buffer_dir: Path | None = None,
+            strategy: str = "joint") -> dict:
     """Write split_path(out_dir, s) for each split, the training one with `params.copies` augmented copies
     of each row, and the tokenizer for text (the parent's, when `tokenizer` names one); return the row
-    counts."""
+    counts. With rows_path (clean's experiences) and buffer_dir, the training split follows
+    continual.strategy (`strategy`) and the replay split (the buffer) is written, with replay.json."""
     table = read_model_table(clean_path)
     t = read_json(transform_path, "clean transform")
     regression = t.get("task") == "regression"
     # the boundary: finite values, labels in range
     check_model_table(table, clean_path, None if regression else len(t["classes"]))
     features, shape, text = feature_names(table.schema), image_shape_of(table.schema), text_column_of(table.schema)
-    parts = _split_parts(table, clean_path)
+    parts, replay = continual_parts(_split_parts(table, clean_path), table, clean_path, rows_path, buffer_dir,
+                                    strategy)
     rng, gen = np.random.default_rng(params.seed), torch.Generator().manual_seed(params.seed)
     tok, vocab, names = None, 0, list(features)
     sequence = bool(text) and params.text.representation == "sequence"
@@ -213,6 +250,8 @@ def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Pa
             targets.append(extra_y)
         _write_split(np.concatenate(blocks), np.concatenate(targets), s, schema, out_dir)
         counts[s] = sum(len(block) for block in targets)
+    if replay is not None:
+        write_json(out_dir / REPLAY_RECORD, replay)
     return {"rows": counts, "features": len(names), "image_shape": list(shape) if shape else None,
             "tokenizer_vocab": vocab or None}
 
@@ -221,7 +260,8 @@ def main() -> None:
     def body():
         p = load_params()
         s = augment(p.augment, p.paths.clean, p.paths.transform, p.paths.splits,
-                    p.paths.parent / "tokenizer.json" if p.train.init.from_ else None)
+                    p.paths.parent / "tokenizer.json" if p.train.init.from_ else None, p.paths.rows, p.paths.buffer,
+                    p.continual.strategy)
         print(f"augment: wrote {s['rows']} rows of {s['features']} features to {p.paths.splits} "
               f"({p.augment.copies} augmented copies of each training row"
               + (f"; tokenizer vocabulary {s['tokenizer_vocab']}" if s["tokenizer_vocab"] else "") + ")")

@@ -217,6 +217,28 @@ def inherited(t: dict, scanned: dict, keep: np.ndarray, split: np.ndarray, paren
     return t
 
 
+def declared_classes(found: list[str], params: Clean, raw_path: Path, label: str) -> list[str]:
+    """The classes of the output layer: clean.classes in its order when set (every label must be one of
+    them), else those the data has."""
+    if params.classes is None or not found:
+        return found
+    declared = [str(c) for c in params.classes]
+    unknown = [c for c in found if c not in declared]
+    if unknown:
+        raise InputError(f"{raw_path}: label(s) {unknown[:10]} of column {label!r} are not in clean.classes "
+                         f"{declared[:20]}: add them, or leave those rows out (ingest.labels)")
+    return declared
+
+
+def experiences(hashes: np.ndarray, parent: Path | None, data_version: str | None) -> tuple[np.ndarray, list]:
+    """Each kept row's experience along the parent lineage (inherit.assign_experiences)."""
+    rows_file = parent / "rows.parquet" if parent is not None else None
+    if rows_file is None or not rows_file.exists():
+        return inherit.assign_experiences(None, [], hashes, data_version)
+    rows = inherit.read_rows(rows_file)
+    return inherit.assign_experiences(rows, inherit.experiences_of(rows, rows_file), hashes, data_version)
+
+
 def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, transform_path: Path,
           report_path: Path, rows_path: Path | None = None, parent: Path | None = None, head: str = "keep",
           leak: str = "refuse") -> dict:
@@ -235,7 +257,8 @@ def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, tr
     raw = Raw(raw_path, manifest)
     keep, split, report = select(scanned, params, raw_path)
     regression = manifest.get("task") == "regression"
-    classes = check_split_labels(scanned["labels"], keep, split, raw_path, regression)
+    classes = declared_classes(check_split_labels(scanned["labels"], keep, split, raw_path, regression), params,
+                               raw_path, label)
     pa.default_memory_pool().release_unused()  # each pass starts from what the data needs, not the last peak
     stats = parent is None or not (parent / "transform.json").exists()  # else the parent's fits, not new ones
     t, filled = fit(raw, manifest, keep, keep & (split == 0), classes, params, stats)
@@ -244,7 +267,9 @@ def clean(params: Clean, raw_path: Path, manifest_path: Path, out_path: Path, tr
     report |= filled | write_clean(raw, t, keep, split, out_path, params.batch_rows)
     write_json(transform_path, t)
     if rows_path is not None:
-        inherit.write_rows(rows_path, scanned["rows"][keep], split[keep])
+        experience, listed = experiences(scanned["rows"][keep], parent, manifest.get("version"))
+        inherit.write_rows(rows_path, scanned["rows"][keep], split[keep], experience, listed)
+        report["experiences"] = {str(e["experience"]): int((experience == e["experience"]).sum()) for e in listed}
     report |= {"rows_out": int(keep.sum()), "classes": len(classes), "features": len(t["features"]),
                "split_rows": {s: int((keep & (split == i)).sum()) for i, s in enumerate(SPLITS)}}
     write_json(report_path, report)

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, precision_recall_fscore_support  # noqa: E402
 
+from tasks.continual.scoring import evaluate_continual, no_classes  # noqa: E402
 from tasks.data.tables import LABEL, feature_names, read_json, read_model_table, write_json  # noqa: E402
 from tasks.errors import run_main  # noqa: E402
 from tasks.files import split_path  # noqa: E402
@@ -114,9 +115,11 @@ def read_metrics(metrics_path: Path, per_class_path: Path) -> dict:
 
 def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path: Path,
              history_path: Path, metrics_path: Path, confusion_path: Path, figures: Path,
-             per_class_path: Path | None = None) -> dict:
+             per_class_path: Path | None = None, continual: tuple[Path, Path, Path] | None = None) -> dict:
     """The test metrics (the headline figures, and for classes `per_class` as read_metrics gives it); the
-    per-class table goes to per_class_path when given (the register stage's rerun needs only the figures)."""
+    per-class table goes to per_class_path when given (the register stage's rerun needs only the figures).
+    With `continual` (rows.parquet, the parent folder, paths.continual), the accuracy on every data
+    version's test set too (tasks/continual/scoring.py), as `continual`."""
     model = rebuild_model(model_path)
     table = read_model_table(test_path)
     t = read_json(transform_path, "clean transform")
@@ -125,6 +128,8 @@ def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path
     if t.get("task") == "regression":
         metrics = evaluate_regression(model, x, y, t, params, confusion_path, figures)
         write_json(metrics_path, metrics)
+        if continual:  # accuracy per data version: classes only; the declared outputs exist, empty
+            no_classes(continual[2])
         if per_class_path:  # no classes: an empty table, so the declared output exists
             write_json(per_class_path, [])
         plot_curves(read_json(history_path, "training history"), figures / CURVES_PNG)
@@ -148,17 +153,26 @@ def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path
     disp.figure_.savefig(figures / CONFUSION_PNG, dpi=110)
     plt.close(disp.figure_)
     plot_curves(read_json(history_path, "training history"), figures / CURVES_PNG)
-    return metrics | {"per_class": by_class(rows)}
+    extra = {"continual": evaluate_continual(pred, y, *continual, figures)} if continual else {}
+    return metrics | {"per_class": by_class(rows)} | extra
 
 
 def main() -> None:
     def body():
         p = load_params()
         m = evaluate(p.evaluate, p.paths.model, split_path(p.paths.splits, "test"), p.paths.transform,
-                     p.paths.train_history, p.paths.metrics, p.paths.confusion, p.paths.figures, p.paths.per_class)
+                     p.paths.train_history, p.paths.metrics, p.paths.confusion, p.paths.figures, p.paths.per_class,
+                     (p.paths.rows, p.paths.parent, p.paths.continual))
         shown = ["accuracy", "f1_macro"] if "accuracy" in m else ["mae", "rmse", "r2"]
         print(f"evaluate: test {', '.join(f'{k} {m[k]:.4f}' for k in shown)} on {m['test_rows']} rows "
               f"-> {p.paths.metrics}")
+        c = m.get("continual")
+        if c and c["data_versions"] > 1:
+            print(f"evaluate: {c['data_versions']} data versions' test sets: average accuracy "
+                  f"{c['average_accuracy']:.4f}, backward transfer {c['backward_transfer']:+.4f}, largest "
+                  f"forgetting {c['max_forgetting']:.4f} -> {p.paths.continual}" if c["backward_transfer"] is not None
+                  else f"evaluate: {c['data_versions']} data versions' test sets: average accuracy "
+                  f"{c['average_accuracy']:.4f} (the parent records no earlier rows) -> {p.paths.continual}")
 
     run_main(body)
 

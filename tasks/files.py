@@ -15,8 +15,13 @@ TOKENIZER_FILE = "tokenizer.json"  # augment writes it into paths.splits for tex
 RUN_FILE = "run.json"  # train writes it beside each run's checkpoints: fingerprint, DeepSpeed config, model config
 DS_CONFIG_FILE = "ds_config.json"  # beside the checkpoints too, usable as is with DeepSpeed's --deepspeed_config
 SPLIT_SUFFIX = ".parquet"
+BUFFER_TABLE, BUFFER_RECORD = "buffer.parquet", "buffer.json"  # in paths.buffer: the replay buffer and its record
+REPLAY_RECORD = "replay.json"  # augment, beside the replay split: each buffer row's experience, and the current one
+MATRIX_FILE = "matrix.json"  # in paths.continual: the accuracy matrix over every data version's test set
+CONTINUAL_METRICS = "metrics.json"  # ... its headline figures (DVC metrics)
+TREND_FILE = "trend.json"  # ... the average accuracy after each data version (DVC plot)
 
 
 def split_path(splits: Path, name: str) -> Path:
-    """The file of split `name` (train, val or test) in the splits folder augment writes."""
+    """The file of split `name` (train, val, test, or replay: the buffer) in the splits folder augment writes."""
     return Path(splits) / f"{name}{SPLIT_SUFFIX}"

@@ -15,7 +15,14 @@ SHA-256 its lineage recorded:
 - `tokenizer.json`, for text: augment tokenizes with the parent's vocabulary;
 - `rows.parquet`, the hashes and splits of the rows the parent was cleaned
   from: clean refuses a child whose test rows the parent trained on;
+- `buffer.parquet`, the parent's replay buffer (tasks/buffer.py builds the
+  child's from it), and `continual.json`, its accuracy matrix over every data
+  version's test set (evaluate extends it by the child's row);
 - `parent.json`, what the child's lineage records as `derived_from`.
+
+A stage that holds no version yet (the first run of a continual loop, with
+`train.init.unassigned: scratch`) is recorded as `{"from": spec, "unassigned":
+true}`: every stage below then runs as from scratch.
 
 A safetensors file (train.init.from: path/to/model.safetensors) is copied with
 its hash; it brings no preprocessing, so the child fits its own. With no
@@ -55,7 +62,7 @@ def fetch_registered(spec: str, out: Path, repo: str | Path) -> dict:
         raise InputError(f"train.init.from {spec}: {v}'s weights differ from the sha256 recorded at "
                          f"registration; the file was changed, so it is not used")
     read, pre = reader(repo, v), rec.get("preprocessing") or {}
-    for what in ("transform", "tokenizer", "rows"):
+    for what in ("transform", "tokenizer", "rows", "buffer", "continual"):
         if pre.get(what):
             item = recorded(v, pre[what], what)
             (out / FILES[what]).write_bytes(checked(read(item["path"], what), item, v, what))
@@ -77,9 +84,18 @@ def fetch_file(spec: str, out: Path) -> dict:
             "rows": False, "model": parent.model}
 
 
-def fetch(spec: str | None, out: Path, repo: str | Path | None = None) -> dict:
+def unassigned_stage(spec: str, repo: str | Path) -> bool:
+    """Whether `spec` names a stage (digits@prod) that holds no version yet."""
+    from tasks.registry.versions import VERSION, parse_spec, stage_holder
+
+    name, ref = parse_spec(spec)
+    return ref != "latest" and not VERSION.match(ref) and stage_holder(name, ref, repo) is None
+
+
+def fetch(spec: str | None, out: Path, repo: str | Path | None = None, unassigned: str = "refuse") -> dict:
     """`out` afresh: the parent's files and parent.json (only {"from": null} without a parent). The parent
-    is read whole and parsed before anything in `out` is replaced, so a bad spec leaves it as it was."""
+    is read whole and parsed before anything in `out` is replaced, so a bad spec leaves it as it was. With
+    `unassigned` scratch, a stage that holds no version yet is recorded as such: the run starts from scratch."""
     from tasks.registry.git import registry_repo
     from tasks.training.init import is_file
 
@@ -89,6 +105,8 @@ def fetch(spec: str | None, out: Path, repo: str | Path | None = None) -> dict:
     try:
         if spec is None:
             record = {"from": None}
+        elif unassigned == "scratch" and not is_file(spec) and unassigned_stage(spec, repo or registry_repo()):
+            record = {"from": spec, "unassigned": True}
         else:
             record = fetch_file(spec, tmp) if is_file(spec) else fetch_registered(spec, tmp, repo or registry_repo())
             record = {"from": spec, **record}
@@ -103,9 +121,12 @@ def fetch(spec: str | None, out: Path, repo: str | Path | None = None) -> dict:
 def main() -> None:
     def body():
         p = load_params()
-        r = fetch(p.train.init.from_, p.paths.parent)
+        r = fetch(p.train.init.from_, p.paths.parent, unassigned=p.train.init.unassigned)
         if r["from"] is None:
             print("parent: none (train.init.from is null): training starts from scratch")
+        elif r.get("unassigned"):
+            print(f"parent: none yet: {r['from']} holds no version (train.init.unassigned: scratch), so this "
+                  f"run starts from scratch")
         else:
             what = f"{r['artifact']} {r['version']} (commit {r['commit'][:8]})" if r["artifact"] else r["from"]
             print(f"parent: {r['from']} is {what}, a {r['model']}, weights sha256 {r['weights']['sha256'][:12]}"

@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 from tasks.data.sources import IMAGE_SUFFIXES, is_remote, resolve_local
 from tasks.data.tables import atomic_path, read_json, sha256_file, write_json
 from tasks.errors import InputError, run_main
-from tasks.files import RUN_FILE, TOKENIZER_FILE, split_path
+from tasks.files import BUFFER_TABLE, MATRIX_FILE, RUN_FILE, TOKENIZER_FILE, split_path
 from tasks.params import Params, Register, load_params
 from tasks.registry import Version, decide, move_stage, read_lineage, record_decision, stage_holder, version_paths
 from tasks.registry.compare import identity, same_version, signature, test_split
@@ -166,8 +166,29 @@ def preprocessing_record(p: Params) -> dict:
     tok = p.paths.splits / TOKENIZER_FILE
     return {"transform": {"path": str(p.paths.transform), "sha256": sha256_file(p.paths.transform)},
             "tokenizer": {"path": str(tok), "sha256": sha256_file(tok)} if tok.exists() else None,
-            "rows": ({"path": str(p.paths.rows), "sha256": sha256_file(p.paths.rows)} if p.paths.rows.exists()
-                     else None)}  # each row's hash and split: a child's leak check (tasks/parent.py)
+            "rows": recorded_file(p.paths.rows),  # each row's hash, split and experience: a child's leak check
+            "buffer": recorded_file(p.paths.buffer / BUFFER_TABLE),  # the replay buffer a child starts from
+            "continual": recorded_file(p.paths.continual / MATRIX_FILE)}  # the matrix a child extends
+
+
+def recorded_file(path: Path) -> dict | None:
+    """A file's path and sha256 for the lineage; None when the run wrote none."""
+    return {"path": str(path), "sha256": sha256_file(path)} if path.exists() else None
+
+
+def continual_record(p: Params) -> dict | None:
+    """This model's accuracy on the test set of each data version (evaluate's reports/continual), by data
+    version, with the buffer's hash and the matrix's metrics; None for a regression or a run without it."""
+    path = p.paths.continual / MATRIX_FILE
+    if not path.exists():
+        return None
+    rec = read_json(path, "the accuracy matrix over every data version's test set")
+    if not rec.get("experiences"):
+        return None
+    buffer = p.paths.buffer / BUFFER_TABLE
+    return {"test_sets": {str(c["data_version"] or c["experience"]): c["accuracy"] for c in rec["experiences"]},
+            "strategy": p.continual.strategy, "summary": rec.get("summary"),
+            "buffer_sha256": sha256_file(buffer) if buffer.exists() else None}
 
 
 def lock_own_entry() -> None:
@@ -190,7 +211,7 @@ def commit_state(p: Params, message: str) -> str:
     whatever else the user has staged stays staged, uncommitted)."""
     paths = [DVC_YAML, LOCK, "params.yaml", p.paths.metrics, p.paths.per_class, p.paths.lineage, p.paths.model_card,
              p.paths.train_history, p.paths.train_live, p.paths.confusion, p.paths.figures, p.paths.clean_report,
-             p.paths.contract_report]
+             p.paths.contract_report, p.paths.continual]
     lock_own_entry()
     # the .gitignore files DVC wrote for its outputs (never ones git itself ignores)
     paths += changed_gitignores()
@@ -254,6 +275,7 @@ def record(p: Params, metrics: dict, meta: dict, flow_run_id: str | None) -> dic
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "prefect_flow_run_id": flow_run_id or None,
         "derived_from": derived_from(p.paths.parent),  # the parent stage's parent.json; None from scratch
+        "continual": continual_record(p),  # the accuracy on each data version's test set: the forgetting gate
     }
     if os.environ.get("DAGTRAIN_SEARCH"):  # the winner of a search (flows/hpo.py): its study, trial and sampler
         rec["search"] = json.loads(os.environ["DAGTRAIN_SEARCH"])

@@ -1,22 +1,12 @@
-"""Continual learning: a model fine-tuned on each new data version, scored on the test set of every earlier one.
+"""Continual learning: each new data version fine-tunes the parent, scored on the test set of every earlier one.
 
-    from tasks.continual import summary, forgetting_refusals
-    summary(R, versions)        # ACC, BWT, each past test set's forgetting (R[i][j]: after version i, test set j)
-    forgetting_refusals(candidate_accuracies, holder_accuracies, allowed_points, "digits@v0.0.3")
+    buffer.py      the replay buffer: a class-balanced reservoir of every data version's training rows, built
+                   from the parent's buffer and the new rows (a DVC output every registered version carries)
+    strategies.py  what train adds for replay, EWC and LwF, under DeepSpeed
+    scoring.py     evaluate's part: the accuracy on each data version's test set, the matrix extended, its
+                   metrics, heat map and trend
+    metrics.py     the matrix checked, GEM's average accuracy and backward transfer, forgetting as in
+                   Chaudhry et al. 2018, and the promotion gate's forgetting check (tasks/registry/policy.py)
 
-The package (issue 17; groundwork so far):
-
-    metrics.py   the accuracy matrix checked, GEM's average accuracy and backward transfer, forgetting as in
-                 Chaudhry et al. 2018, and the promotion gate's forgetting check (not wired into register yet)
+The modules are imported by name (no re-exports here), so a stage depends only on the ones it uses.
 """
-
-from tasks.continual.metrics import (
-    average_accuracy,
-    backward_transfer,
-    check_matrix,
-    forgetting,
-    forgetting_refusals,
-    summary,
-)
-
-__all__ = ["average_accuracy", "backward_transfer", "check_matrix", "forgetting", "forgetting_refusals", "summary"]

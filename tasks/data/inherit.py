@@ -33,9 +33,13 @@ from tasks.data.tables import SPLITS
 from tasks.errors import InputError
 
 FILES = {"weights": "model.safetensors", "transform": "transform.json", "tokenizer": "tokenizer.json",
-         "rows": "rows.parquet"}  # what the parent stage (tasks/parent.py) fetches
+         "rows": "rows.parquet", "buffer": "buffer.parquet",
+         "continual": "continual.json"}  # what the parent stage (tasks/parent.py) fetches
 RECORD = "parent.json"
-ROWS_SCHEMA = pa.schema([pa.field("row", pa.uint64(), nullable=False), pa.field("split", pa.int8(), nullable=False)])
+ROWS_SCHEMA = pa.schema([pa.field("row", pa.uint64(), nullable=False), pa.field("split", pa.int8(), nullable=False),
+                         pa.field("experience", pa.int16(), nullable=False)])
+LEGACY_ROWS_SCHEMA = pa.schema(list(ROWS_SCHEMA)[:2])  # a parent registered before experiences were kept
+EXPERIENCES_KEY = b"experiences"  # rows.parquet's metadata: each experience's data version, in order
 
 
 def _kinds(t: dict) -> dict[str, str]:
@@ -79,21 +83,63 @@ def adopt(parent: dict, child: dict, head: str, where: str) -> dict:
     return t
 
 
-def write_rows(path: Path, hashes: np.ndarray, split: np.ndarray) -> None:
-    """Each kept row's hash and split index (0 train, 1 val, 2 test)."""
+def write_rows(path: Path, hashes: np.ndarray, split: np.ndarray, experience: np.ndarray | None = None,
+               experiences: list[dict] | None = None) -> None:
+    """Each kept row's hash, split index (0 train, 1 val, 2 test) and experience (the data version, counted
+    along the parent lineage, it first appeared in); the experiences' data versions in the metadata."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table([pa.array(hashes.astype(np.uint64)), pa.array(split.astype(np.int8))], schema=ROWS_SCHEMA)
+    experience = np.zeros(len(hashes), np.int16) if experience is None else experience
+    meta = {EXPERIENCES_KEY: json.dumps(experiences or [{"experience": 0, "data_version": None}]).encode()}
+    table = pa.table([pa.array(hashes.astype(np.uint64)), pa.array(split.astype(np.int8)),
+                      pa.array(experience.astype(np.int16))], schema=ROWS_SCHEMA.with_metadata(meta))
     pq.write_table(table, path)
 
 
 def read_rows(path: Path) -> pa.Table:
+    """rows.parquet; one from before experiences were kept reads as experience 0 throughout."""
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
         raise InputError(f"{path}: the parent's row hashes cannot be read ({e})") from None
+    if table.schema.equals(LEGACY_ROWS_SCHEMA):
+        meta = {EXPERIENCES_KEY: json.dumps([{"experience": 0, "data_version": None}]).encode()}
+        return table.append_column(ROWS_SCHEMA.field("experience"),
+                                   pa.array(np.zeros(table.num_rows, np.int16))).replace_schema_metadata(meta)
     if not table.schema.equals(ROWS_SCHEMA):
-        raise InputError(f"{path}: expected columns row (uint64) and split (int8), got {table.schema}")
+        raise InputError(f"{path}: expected columns row (uint64), split (int8) and experience (int16), got "
+                         f"{table.schema}")
     return table
+
+
+def experiences_of(rows: pa.Table, path: Path) -> list[dict]:
+    """The experiences rows.parquet records, checked: numbered 0, 1, ... and covering its rows."""
+    try:
+        listed = json.loads((rows.schema.metadata or {})[EXPERIENCES_KEY])
+        numbers = [e["experience"] for e in listed]
+    except (KeyError, ValueError, TypeError) as e:
+        raise InputError(f"{path}: no readable list of experiences in its metadata ({e})") from None
+    seen = set(np.unique(rows["experience"].to_numpy()).tolist())
+    if numbers != list(range(len(numbers))) or not seen <= set(numbers):
+        raise InputError(f"{path}: experiences {numbers} do not number 0, 1, ... or miss the rows' {sorted(seen)}")
+    return listed
+
+
+def assign_experiences(parent_rows: pa.Table | None, parent_experiences: list[dict], hashes: np.ndarray,
+                       data_version: str | None) -> tuple[np.ndarray, list[dict]]:
+    """Each row's experience: the parent's for a row it had, the next one for the rows it had not (none
+    when every row is the parent's); from scratch, every row is experience 0."""
+    if parent_rows is None:
+        return np.zeros(len(hashes), np.int16), [{"experience": 0, "data_version": data_version}]
+    known = parent_rows["row"].to_numpy()
+    order = np.argsort(known)
+    at = np.clip(np.searchsorted(known, hashes, sorter=order), 0, max(len(known) - 1, 0))
+    found = (known[order[at]] == hashes) if len(known) else np.zeros(len(hashes), bool)
+    experience = np.where(found, parent_rows["experience"].to_numpy()[order[at]] if len(known) else 0, -1)
+    listed = list(parent_experiences)
+    if (~found).any():
+        listed.append({"experience": len(listed), "data_version": data_version})
+        experience[~found] = len(listed) - 1
+    return experience.astype(np.int16), listed
 
 
 def leaks(parent_rows: pa.Table, hashes: np.ndarray, split: np.ndarray) -> int:
@@ -116,7 +162,7 @@ def read_record(folder: Path) -> dict:
         raise InputError(f"{path}: not JSON ({e}); run `dvc repro parent`") from None
     if not isinstance(record, dict) or "from" not in record:
         raise InputError(f"{path}: expected a record with `from`; run `dvc repro parent`")
-    if record["from"] is None:
+    if record["from"] is None or record.get("unassigned") is True:
         return record
     weights = record.get("weights")
     lacks = [what for what, missing in (("weights sha256", not isinstance(weights, dict) or not weights.get("sha256")),

@@ -36,6 +36,8 @@ class Paths(Section):
     rows: Path = Field(Path("data/clean/rows.parquet"), description="clean: each kept row's hash and split "
                        "(a child's leak check against its parent)")
     clean_report: Path = Field(description="clean: counts of what was dropped/filled")
+    buffer: Path = Field(Path("data/buffer"), description="buffer: the replay buffer, a reservoir of training rows "
+                         "of every data version so far, and its record (tasks/continual/buffer.py)")
     splits: Path = Field(description="augment: folder of train/val/test Parquet files")
     checkpoints: Path = Field(description="train: DeepSpeed checkpoints (persistent)")
     model: Path = Field(description="train: consolidated weights (safetensors)")
@@ -45,6 +47,8 @@ class Paths(Section):
     per_class: Path = Field(description="evaluate: precision, recall, F1 and support, a row per class (DVC plot)")
     confusion: Path = Field(description="evaluate: actual/predicted pairs (DVC plot)")
     figures: Path = Field(description="evaluate: PNG figures for people and Prefect")
+    continual: Path = Field(Path("reports/continual"), description="evaluate: the accuracy matrix over every "
+                            "data version's test set, its metrics (DVC metrics) and the average accuracy's trend")
     lineage: Path = Field(description="register: the registered version's record")
     model_card: Path = Field(description="register: the version's model card (markdown)")
 

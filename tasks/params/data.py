@@ -155,6 +155,9 @@ class Clean(Section):
     def _quantiles(self) -> Clean:
         if self.outliers and not 0 <= self.outliers[0] < self.outliers[1] <= 1:
             raise ValueError(f"outliers: expected 0 <= low < high <= 1, got {list(self.outliers)}")
+        named = [str(c) for c in self.classes or ()]
+        if len(set(named)) != len(named):
+            raise ValueError(f"classes: a class is named twice in {list(self.classes)}")
         return self
 
 

@@ -79,7 +79,7 @@ def derived_from(folder: Path) -> dict | None:
         parent = read_record(folder)
     except InputError as e:
         raise InputError(f"register: {e}") from None
-    if parent["from"] is None:
+    if parent["from"] is None or parent.get("unassigned"):  # from scratch (a stage that held no version yet)
         return None
     return {"spec": parent["from"], "artifact": parent.get("artifact"), "version": parent.get("version"),
             "commit": parent.get("commit"), "sha256": parent["weights"]["sha256"]}

@@ -7,10 +7,13 @@
 
 The policy is `register:` in params.yaml: `metric` (which way it points: tasks.metrics, or
 `higher_is_better` when set), `min_improvement` over the holder of the stage, `require_contract` and
-`require_reproducible`. Whatever params say, a version takes a stage only from a holder of the same
-task, label set and input schema (tasks.registry.compare: a model of other data belongs under a name
-of its own, `register.name`), and a classifier only when its test metrics mean something: at least two
-classes in its test split, and not one class predicted for every test row. Every decision, refusals
+`require_reproducible`, and the forgetting gate `max_forgetting`: a version that loses more than
+that many points of accuracy on any past data version's test set against the holder is refused,
+the test set named (tasks/continual/metrics.py). Whatever params say, a version takes a stage only
+from a holder of the same task, label set and input schema (tasks.registry.compare: a model of other
+data belongs under a name of its own, `register.name`), and a classifier only when its test metrics
+mean something: at least two classes in its test split, and not one class predicted for every test
+row. Every decision, refusals
 included, is appended as a JSON line to the version commit's git note (`git notes --ref=registry show
 <commit>`).
 """
@@ -22,6 +25,7 @@ import json
 import re
 from pathlib import Path
 
+from tasks.continual.metrics import forgetting_refusals
 from tasks.errors import InputError
 from tasks.metrics import improvement
 from tasks.params import Register, load_params
@@ -62,6 +66,24 @@ def _refusals(policy: Register, candidate: dict) -> list[str]:
     return refusals + meaningless(candidate)
 
 
+def test_sets(record: dict) -> dict[str, float]:
+    """A lineage's accuracy on each data version's test set (register records it from reports/continual)."""
+    return dict((record.get("continual") or {}).get("test_sets") or {})
+
+
+def forgetting(policy: Register, candidate: dict, holder: dict, holder_name: str) -> list[str]:
+    """The forgetting gate (register.max_forgetting): the holder's test sets on which the candidate loses
+    more than the allowed points, or was not scored. A holder registered before test sets were recorded
+    has none to lose."""
+    if policy.max_forgetting is None or not test_sets(holder):
+        return []
+    refusals = forgetting_refusals(test_sets(candidate), test_sets(holder), policy.max_forgetting, holder_name)
+    if any("was not scored" in r for r in refusals):
+        refusals.append("a version is scored on the test sets of the data versions its parent lineage has seen: "
+                        "train it from the stage (train.init.from: NAME@STAGE) so its data carries them")
+    return refusals
+
+
 def own_name_hint(candidate: dict) -> str:
     """How to register a model of other data beside the one in the stage, not over it."""
     source = ((candidate.get("input") or {}).get("source") or "").rstrip("/").split("/")[-1]
@@ -82,6 +104,10 @@ def decide(policy: Register, stage: str, candidate: dict, current: tuple[str, di
     if current is None:
         return {"promote": True, "stage": stage, "reason": f"no version is in stage {stage!r} yet"}
     version, record = current
+    forgot = forgetting(policy, candidate, record, f"{record.get('artifact', '?')}@{version}")
+    if forgot:
+        return {"promote": False, "stage": stage, "current": version, "reason": "; ".join(forgot),
+                "forgetting": True}
     value, old = candidate["metrics"][metric], (record.get("metrics") or {}).get(metric)
     if not isinstance(old, (int, float)):
         return {"promote": False, "stage": stage, "current": version,

@@ -99,7 +99,7 @@ def read_fetched(folder: Path, init: WarmStart) -> Parent | None:
     from tasks.data.inherit import FILES, fetched
 
     record = fetched(folder, init.from_)
-    if record["from"] is None:
+    if record["from"] is None or record.get("unassigned"):  # from scratch (a stage that holds no version yet)
         return None
     path = folder / FILES["weights"]
     if not path.exists():

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.continual import (
+from tasks.continual.metrics import (
     average_accuracy,
     backward_transfer,
     check_matrix,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -55,7 +56,8 @@ def test_a_kept_head_takes_the_parents_classes_and_refuses_new_ones_a_reset_one_
 def test_the_leak_count_is_the_childs_test_rows_among_the_parents_training_rows(trained, other, split_of_other):
     parent_rows = sorted(trained | other)
     split = np.array([0 if h in trained else split_of_other or 1 for h in parent_rows], np.int8)
-    rows = pa.table([pa.array(np.array(parent_rows, np.uint64)), pa.array(split)], schema=inherit.ROWS_SCHEMA)
+    rows = pa.table([pa.array(np.array(parent_rows, np.uint64)), pa.array(split),
+                     pa.array(np.zeros(len(split), np.int16))], schema=inherit.ROWS_SCHEMA)
     child = np.array(parent_rows + [12345], np.uint64)
     child_split = np.full(len(child), 2, np.int8)
     expected = sum(1 for h in child.tolist() if h in trained)
@@ -80,3 +82,34 @@ def test_parent_json_must_name_the_parent_the_params_do(tmp_path):
     (tmp_path / "parent.json").write_text('{"from": "digits@prod", "artifact": "digits", "commit": "ab12"}')
     with pytest.raises(InputError, match="the parent 'digits@prod' has no weights sha256; run `dvc repro parent`"):
         inherit.fetched(tmp_path, "digits@prod")  # a hand-edited record is refused, not a KeyError in train
+
+
+def test_a_parents_old_rows_file_reads_as_one_experience(tmp_path):
+    old = pa.table([pa.array(np.array([5, 7], np.uint64)), pa.array(np.array([0, 2], np.int8))],
+                   schema=inherit.LEGACY_ROWS_SCHEMA)
+    pq.write_table(old, tmp_path / "rows.parquet")
+    rows = inherit.read_rows(tmp_path / "rows.parquet")
+    assert rows["experience"].to_pylist() == [0, 0]
+    assert inherit.experiences_of(rows, tmp_path) == [{"experience": 0, "data_version": None}]
+
+
+@settings(max_examples=60, deadline=None)
+@given(parent=st.lists(st.integers(1, 2**63), unique=True, max_size=30),
+       new=st.lists(st.integers(1, 2**63), unique=True, max_size=30), earlier=st.integers(0, 3))
+def test_experiences_follow_the_parent_and_new_rows_make_the_next_one(tmp_path_factory, parent, new, earlier):
+    """A row the parent had keeps its experience; the rows it had not are one new experience, numbered next;
+    written and read back through rows.parquet, as the next child reads it."""
+    new = [h for h in new if h not in set(parent)]
+    listed = [{"experience": e, "data_version": f"v{e}"} for e in range(earlier + 1)]
+    parent_exp = np.array([i % (earlier + 1) for i in range(len(parent))], np.int16)
+    folder = tmp_path_factory.mktemp("rows")
+    inherit.write_rows(folder / "p.parquet", np.array(parent, np.uint64), np.zeros(len(parent), np.int8),
+                       parent_exp, listed)
+    rows = inherit.read_rows(folder / "p.parquet")
+    child = np.array(new + parent[::-1], np.uint64)
+    exp, out = inherit.assign_experiences(rows, inherit.experiences_of(rows, folder), child, "vnew")
+    assert exp[len(new):].tolist() == parent_exp[::-1].tolist()
+    assert set(exp[:len(new)].tolist()) <= {earlier + 1}
+    assert out == listed + ([{"experience": earlier + 1, "data_version": "vnew"}] if new else [])
+    scratch, first = inherit.assign_experiences(None, [], child, "v0")
+    assert not scratch.any() and first == [{"experience": 0, "data_version": "v0"}]
