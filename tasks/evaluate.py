@@ -138,7 +138,9 @@ def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path
     pred = predict_classes(model, x, params.batch_size)
 
     labels = list(range(len(classes)))
-    pm, rm, fm, _ = precision_recall_fscore_support(y, pred, labels=labels, average="macro", zero_division=0)
+    seen = sorted(set(y.tolist()) | set(pred.tolist()))  # macro over the classes tested or predicted, as
+    pm, rm, fm, _ = precision_recall_fscore_support(y, pred, labels=seen, average="macro",  # sklearn's default:
+                                                    zero_division=0)  # clean.classes may name some not yet seen
     metrics = {"accuracy": float(accuracy_score(y, pred)), "precision_macro": float(pm), "recall_macro": float(rm),
                "f1_macro": float(fm), "test_rows": int(len(y))}
     write_json(metrics_path, metrics)

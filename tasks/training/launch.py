@@ -28,6 +28,7 @@ from tasks.data.tables import LABEL, feature_names, image_shape_of, read_json, r
 from tasks.errors import InputError
 from tasks.files import split_path
 from tasks.params import Params, Train
+from tasks.params.continual import NEW_ROWS_ONLY
 from tasks.training.agreement import PREEMPTED
 from tasks.training.engine import ds_config, zero_stage
 from tasks.training.reshard import to_continue
@@ -84,7 +85,7 @@ def precheck(p: Params) -> None:
         raise InputError(f"train.loss {p.train.loss!r} does not fit the data, prepared for "
                          f"{'regression' if regression else 'classification'} (ingest.task); rerun from ingest")
     val_only = set() if regression else set(tables["val"][LABEL].to_pylist()) - set(tables["train"][LABEL].to_pylist())
-    if val_only:
+    if val_only and not (p.continual.strategy in NEW_ROWS_ONLY and p.train.init.from_):  # the parent's classes
         raise InputError(f"{p.paths.splits}: label(s) {sorted(val_only)} in val.parquet but not in train.parquet")
     train_rows = tables["train"].num_rows
     problems, world = [], world_size(p.train)
@@ -125,8 +126,10 @@ def check_warm_start(p: Train, child: torch.nn.Module, stage: int, folder: Path 
         return None
     from tasks.training import init as warm
 
-    warm.check_unfreeze(p.init, stage, p.precision)
     parent = warm.read_fetched(folder, p.init)  # what the parent stage fetched, checked again
+    if parent is None:  # a stage that holds no version yet (train.init.unassigned: scratch)
+        return None
+    warm.check_unfreeze(p.init, stage, p.precision)
     warm.check_fit(parent, p.model, child, p.init.head)
     warm.param_groups(child, p.init, p.optimizer.lr)  # freeze patterns that match, a head not frozen at random
     return parent.identity
