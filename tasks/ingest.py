@@ -132,6 +132,9 @@ def ingest(params: Ingest, contract: Contract, raw_path: Path, manifest_path: Pa
     if streamed:
         log(_stream_line(streamed))
     violations = dc.check(table, contract, params, where)
+    if streamed:  # too few rows: the stream's first versions hold a part of the source
+        hint = f" (ingest.stream.upto {params.stream.upto} holds a part of the source: lower contract.min_rows)"
+        violations = [v | {"message": v["message"] + hint} if v["check"] == "rows" else v for v in violations]
     readable = not any(v["check"] in ("columns", "type") for v in violations)
     if clean is not None and readable:
         violations += clean_refusals(table, params, clean, {v["column"] for v in violations})

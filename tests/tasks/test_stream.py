@@ -241,6 +241,15 @@ def test_params_yaml_names_the_stream_key(tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
+def test_too_few_rows_for_the_contract_points_at_the_stream(tmp_path):
+    """One class-incremental experience of the digits is 360 rows, and params.yaml's contract wants 500."""
+    with pytest.raises(InputError, match=r"360 data rows, at least 500 required \(ingest\.stream\.upto 0 holds a "
+                                         r"part of the source: lower contract\.min_rows\)"):
+        run_ingest(DIGITS, tmp_path, load_params(ROOT / "params.yaml").contract, header=False, image_shape=(8, 8),
+                   stream=Stream(kind="class_incremental"))
+    assert not paths(tmp_path)["raw"].exists()
+
+
 def test_classes_that_do_not_share_out_are_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(InputError, match=r"ingest\.stream\.experiences: 3 experiences cannot share the 10 classes "
                                          r"of label column 'label' equally .* it divides: \[2, 5, 10\]"):
