@@ -237,7 +237,8 @@ def test_params_yaml_names_the_stream_key(tmp_path):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["ingest"]["stream"] |= {"kind": "class_incremental", "upto": 7}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(InputError, match=r"ingest\.stream: .*ingest\.stream\.upto 7 must be below"):
+    with pytest.raises(InputError, match=r"- ingest\.stream: ingest\.stream\.upto 7 must be below ingest\.stream\."
+                                         r"experiences \(5\): the experiences are 0\.\.4$"):  # not the section
         load_params(tmp_path / "params.yaml")
 
 
