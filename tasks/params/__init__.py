@@ -28,6 +28,7 @@ from tasks.params.data import (
     Ingest,
     MissingStrategy,
     Split,
+    Stream,
     TableAug,
     TextAug,
     TextNorm,
@@ -56,6 +57,6 @@ __all__ = [
     "Activation", "Augment", "Buffer", "CNN", "Card", "Checkpointing", "Clean", "ColumnRule", "ColumnType",
     "Continual", "Contract", "DEFAULT_PARAMS", "Dimension", "Drift", "EarlyStopping", "Evaluate", "Ewc", "Hpo",
     "ImageAug", "Ingest", "Init", "Lwf", "MLP", "MissingStrategy", "Norm", "Optimizer", "Params", "Paths", "Pruner",
-    "RNN", "Register", "Schedule", "Section", "Split", "TableAug", "TextAug", "TextNorm", "Train", "Transformer",
-    "WarmStart", "load_params", "main",
+    "RNN", "Register", "Schedule", "Section", "Split", "Stream", "TableAug", "TextAug", "TextNorm", "Train",
+    "Transformer", "WarmStart", "load_params", "main",
 ]

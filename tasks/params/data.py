@@ -16,6 +16,32 @@ from pydantic import Field, StrictFloat, StrictInt, model_validator
 from tasks.params.base import Section
 
 
+class Stream(Section):
+    """A continual-learning stream made of one source by params alone: each experience is a new data version
+    of it (tasks/data/stream.py)."""
+
+    kind: Literal["none", "class_incremental", "domain_incremental"] = Field(
+        "none", description="none: the source as it is; class_incremental: experience j holds the j-th of "
+        "`experiences` equal groups of the sorted labels; domain_incremental: experience j holds about 1/experiences "
+        "of the rows (by a hash of each row), rotated by j * rotation_degrees and with noise of std j * noise_std")
+    experiences: int = Field(5, ge=2, description="how many experiences the stream has in all")
+    upto: int = Field(0, ge=0, description="the data version holds experiences 0..upto, each version every row of "
+                      "the one before unchanged; below ingest.stream.experiences")
+    rotation_degrees: float = Field(15.0, allow_inf_nan=False, description="domain_incremental: experience j's "
+                                    "images are rotated by j times this (needs ingest.image_shape unless 0)")
+    noise_std: float = Field(1.0, ge=0, allow_inf_nan=False, description="domain_incremental: experience j's "
+                             "numeric features get Gaussian noise of std j times this, in the source's units")
+    seed: int = Field(0, description="domain_incremental: salt of the row hash that picks each row's experience, "
+                      "and of its noise")
+
+    @model_validator(mode="after")
+    def _upto_below_experiences(self) -> Stream:
+        if self.upto >= self.experiences:
+            raise ValueError(f"ingest.stream.upto {self.upto} must be below ingest.stream.experiences "
+                             f"({self.experiences}): the experiences are 0..{self.experiences - 1}")
+        return self
+
+
 class Ingest(Section):
     """Where the data comes from: a file, a folder, or a remote URL."""
 
@@ -52,6 +78,7 @@ class Ingest(Section):
         "all", description="all: the snapshot keeps ingest.per_class rows of each class; train: per_class of each "
         "class's training rows (the split clean.split's hashes give them), every validation and test row kept, "
         "so a few-label run is measured on the whole test split (nothing without per_class)")
+    stream: Stream = Stream()
 
     @model_validator(mode="after")
     def _classes_only(self) -> Ingest:
@@ -60,6 +87,20 @@ class Ingest(Section):
             raise ValueError(f"{' and '.join(keys)} select{'s' * (len(keys) == 1)} rows by class, and ingest.task "
                              f"is regression (a numeric target has no classes); set {'them' if keys[1:] else 'it'} "
                              f"to null")
+        return self
+
+    @model_validator(mode="after")
+    def _stream_fits(self) -> Ingest:
+        s, problems = self.stream, []
+        if s.kind == "class_incremental" and self.task == "regression":
+            problems.append("ingest.stream.kind class_incremental cuts the classes into experiences, and ingest.task "
+                            "is regression (a numeric target has no classes); use domain_incremental or none")
+        if s.kind == "domain_incremental" and s.rotation_degrees != 0 and self.image_shape is None:
+            problems.append(f"ingest.stream.rotation_degrees {s.rotation_degrees} rotates images, and "
+                            f"ingest.image_shape is not set; set it to the images' [height, width], or "
+                            f"ingest.stream.rotation_degrees to 0 for noise alone")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

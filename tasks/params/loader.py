@@ -77,6 +77,8 @@ def _describe(err: dict) -> str:
         return f"{key}: unknown key"
     if err["type"] == "missing":
         return f"{key}: missing key"
+    if err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a section's own check: its message
+        return f"{key}: {err['msg'].removeprefix('Value error, ')}"  # names the keys; the whole section would not
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 
