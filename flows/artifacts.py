@@ -8,6 +8,10 @@
                        confusion matrix as images
     model-card         markdown: the version's model card (tasks/registry/model_card.py)
     run-plan           markdown: which stages the run was to execute, and why (flows/plan.py)
+    continual          markdown: the accuracy on every data version's test set (the matrix as a heat map and
+                       a table), the average accuracy's trend, and the forgetting gate's verdict
+    continual-versions table: every registered version, its data version and strategy, whether it took the
+                       stage, and why not
 
 Every function reads files the stages wrote (paths from the run's params); a
 file a run did not produce is left out, never invented.
@@ -22,7 +26,10 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.continual.scoring import MATRIX_PNG, TREND_PNG
+from tasks.errors import InputError
 from tasks.evaluate import CONFUSION_PNG, CURVES_PNG, read_metrics
+from tasks.files import MATRIX_FILE
 from tasks.ingest import failed_report_path
 from tasks.params import Params, load_params
 
@@ -133,3 +140,62 @@ def publish_model(repo: Path, p: Params) -> None:
     if card.exists():
         create_markdown_artifact(key="model-card", markdown=card.read_text(),
                                  description=f"model card of {lineage['artifact']} {lineage['version']}")
+
+
+def matrix_markdown(rec: dict) -> list[str]:
+    """The matrix as a markdown table: a row per model, a column per data version's test set."""
+    names = [str(c["data_version"] or c["experience"])[:10] for c in rec["experiences"]]
+    md = ["| model after | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    md += [f"| {who} | " + " | ".join("" if c is None else f"{c:.3f}" for c in row) + " |"
+           for who, row in zip(rec["models"], rec["matrix"])]
+    return md
+
+
+def publish_continual(repo: Path, p: Params) -> None:
+    """The accuracy on every past test set and the gate's verdict (markdown), and every registered version's
+    outcome (a table): which versions took the stage in the loop, and why the others did not."""
+    path = repo / p.paths.continual / MATRIX_FILE
+    if not path.exists() or not json.loads(path.read_text()).get("experiences"):
+        return
+    rec = json.loads(path.read_text())
+    s = rec.get("summary") or {}
+    lineage = json.loads((repo / p.paths.lineage).read_text()) if (repo / p.paths.lineage).exists() else {}
+    promo = lineage.get("promotion") or {}
+    md = [f"# Continual learning: {len(rec['experiences'])} data version(s), strategy `{p.continual.strategy}`", "",
+          f"- average accuracy: **{s.get('average_accuracy', rec['matrix'][-1][-1]):.4f}**"]
+    if s.get("backward_transfer") is not None:
+        md += [f"- backward transfer: {s['backward_transfer']:+.4f}",
+               "- forgetting: " + ", ".join(f"`{k[:10]}` {v:.4f}" for k, v in s["forgetting"].items())]
+    if promo:
+        md.append(f"- {lineage.get('artifact')} {lineage.get('version')}: "
+                  f"{'**promoted**' if promo.get('promote') else '**not promoted**'} to `{promo.get('stage')}` "
+                  f"({promo.get('reason')})")
+    md += ["", *matrix_markdown(rec), ""]
+    text = "\n".join(md) + "\n\n" + png_markdown(repo / p.paths.figures / MATRIX_PNG, "Accuracy matrix")
+    text += png_markdown(repo / p.paths.figures / TREND_PNG, "Average accuracy after each data version")
+    create_markdown_artifact(key="continual", markdown=text, description=md[0].lstrip("# "))
+    rows = version_outcomes(repo, p)
+    if rows:
+        create_table_artifact(key="continual-versions", table=rows,
+                              description=f"{sum(r['promoted'] for r in rows)} of {len(rows)} version(s) took "
+                                          f"{p.register.stage}")
+
+
+def version_outcomes(repo: Path, p: Params) -> list[dict]:
+    """Oldest first: each registered version's data version, strategy, average accuracy and promotion."""
+    from tasks.registry.versions import Version, read_lineage, versions
+
+    rows = []
+    for v in reversed(versions(p.register.name, repo, missing_ok=True)):
+        try:
+            lin = read_lineage(Version(p.register.name, v["version"], v["commit"]), repo)
+        except InputError:  # a version whose lineage cannot be read is listed as such
+            rows.append({"version": v["version"], "data_version": None, "strategy": None, "average_accuracy": None,
+                         "promoted": False, "reason": "lineage unreadable"})
+            continue
+        cont, promo = lin.get("continual") or {}, lin.get("promotion") or {}
+        rows.append({"version": v["version"], "data_version": lin.get("data_version"),
+                     "strategy": cont.get("strategy"),
+                     "average_accuracy": round(((cont.get("summary") or {}).get("average_accuracy") or 0), 4) or None,
+                     "promoted": bool(promo.get("promote")), "reason": promo.get("reason")})
+    return rows

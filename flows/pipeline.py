@@ -40,8 +40,8 @@ from tasks.registry.dvc_files import read_lock, stage_outs
 from tasks.registry.git import commit_paths
 from tasks.training.launch import world_size
 
-STAGES = ("ingest", "parent", "clean", "augment", "train", "evaluate", "register")
-ingest, parent, clean, augment, train, evaluate, register = (stage_task(s) for s in STAGES)
+STAGES = ("ingest", "parent", "clean", "buffer", "augment", "train", "evaluate", "register")
+ingest, parent, clean, buffer, augment, train, evaluate, register = (stage_task(s) for s in STAGES)
 
 
 def slot(name: str) -> contextlib.AbstractContextManager:
@@ -82,12 +82,14 @@ def run_stages(repo: Path, p: Params, only_if_new_data: bool, train_timeout_s: f
                   + "; nothing to retrain")
             return summaries
         print(f"parent: {p.train.init.from_} now resolves to other weights; retraining on the same data")
-    summaries += [clean(stage="clean", repo=r, timeout_s=600), augment(stage="augment", repo=r, timeout_s=600)]
+    summaries += [clean(stage="clean", repo=r, timeout_s=600), buffer(stage="buffer", repo=r, timeout_s=600),
+                  augment(stage="augment", repo=r, timeout_s=600)]
     with hardware.share(hardware_slot, world_size(p.train)):  # its share of the machine's devices
         summaries.append(train(stage="train", repo=r, timeout_s=train_timeout_s))
     artifacts.publish_training(repo, p)
     summaries += [evaluate(stage="evaluate", repo=r, timeout_s=600), register(stage="register", repo=r, timeout_s=600)]
     artifacts.publish_model(repo, p)
+    artifacts.publish_continual(repo, p)
     return summaries
 
 
@@ -96,7 +98,7 @@ def pipeline(repo: str = ".", overrides: dict[str, Any] | None = None, branch: s
              push: bool = False, dvc_remote: str | None = None, git_remote: str | None = None,
              only_if_new_data: bool = False, train_timeout_s: float = 3 * 3600,
              hardware_slot: str = "training-hardware") -> dict:
-    """ingest -> parent -> clean -> augment -> train -> evaluate -> register, through DVC.
+    """ingest -> parent -> clean -> buffer -> augment -> train -> evaluate -> register, through DVC.
 
     overrides: params.yaml keys for this run only, e.g. {"train.epochs": 5}; committed with the run.
     branch: commit the run's dvc.lock, params and metrics to this branch (made from HEAD if new).

@@ -116,7 +116,7 @@ def test_plan_after_a_data_change(repo):
     (repo / SOURCE).write_text("".join(lines[:-40]))  # 40 rows fewer
     steps, ran = planned_then_ran(repo, "dvc", dvc_repro)
     assert steps["ingest"]["action"] == RUN and steps["ingest"]["reasons"] == ["dep data/sources modified"]
-    assert ran == ["ingest", "clean", "augment", "train", "evaluate", "register"]
+    assert ran == ["ingest", "clean", "buffer", "augment", "train", "evaluate", "register"]
 
 
 def test_a_failed_stage_fails_the_flow_with_its_error_and_the_rerun_starts_there(repo, prefect_server):

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 # DeepSpeed's start-up lines: its launcher's INFO log, the accelerator detection, the ranks' own notices
 NOISE = ("Setting accelerator to CPU", "Setting CUDA_VISIBLE_DEVICES", "[INFO]", "WORLD INFO DICT",
          "spawned with command", "built successfully", "DeepSpeed info: version")
-DATA_STAGES = ("ingest", "clean", "augment")
+DATA_STAGES = ("ingest", "clean", "buffer", "augment")
 
 
 def lock(repo) -> dict:
@@ -117,7 +117,7 @@ def test_flow_after_repro_executes_nothing(repro_repo, prefect_server):
     before = (repo / "dvc.lock").read_bytes()
     summaries = pipeline(repo=str(repo))
     assert {s: v["status"] for s, v in summaries.items()} == {"parent": "ran"} | {
-        s: "skipped" for s in ("ingest", "clean", "augment", "train", "evaluate", "register")}
+        s: "skipped" for s in ("ingest", "clean", "buffer", "augment", "train", "evaluate", "register")}
     assert (repo / "dvc.lock").read_bytes() == before
 
 
@@ -153,6 +153,7 @@ def test_flow_run_shows_stage_output_and_artifacts(flow_repo):
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert table[-1]["class"] == "macro" and table[-1]["f1"] == round(metrics["f1_macro"], 4)
     assert "digits v0.0.1" in by_key["registered-model"].data
+    assert "1 data version(s)" in by_key["continual"].data and "Accuracy matrix" in by_key["continual"].data
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(flow_repo):

@@ -23,7 +23,7 @@ import yaml
 from tests.conftest import ROOT, copy_repo, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-STAGES = ["ingest", "parent", "clean", "augment", "train", "evaluate", "register"]
+STAGES = ["ingest", "parent", "clean", "buffer", "augment", "train", "evaluate", "register"]
 ARTIFACTS = {"run-plan", "data-report", "training-progress", "training-epochs", "evaluation-metrics",
              "registered-model", "model-card"}
 OVERRIDES = {"train.model": "mlp", "train.epochs": 2}
