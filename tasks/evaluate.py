@@ -113,6 +113,29 @@ def read_metrics(metrics_path: Path, per_class_path: Path) -> dict:
     return metrics | {"per_class": by_class(rows)} if rows else metrics
 
 
+def class_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
+    """Accuracy, and macro precision, recall and F1 over the classes tested or predicted (sklearn's default
+    set: clean.classes may name classes no data version has brought yet)."""
+    seen = sorted(set(y.tolist()) | set(pred.tolist()))
+    pm, rm, fm, _ = precision_recall_fscore_support(y, pred, labels=seen, average="macro", zero_division=0)
+    return {"accuracy": float(accuracy_score(y, pred)), "precision_macro": float(pm), "recall_macro": float(rm),
+            "f1_macro": float(fm), "test_rows": int(len(y))}
+
+
+def parent_on_test(parent: Path, x: np.ndarray, y: np.ndarray, n_classes: int, batch_size: int) -> dict | None:
+    """The parent's test metrics on this test split (a warm start with the same outputs): what the promotion
+    policy compares a child with, like with like, rather than the parent's figures on its own older data."""
+    from tasks.data.inherit import FILES
+
+    weights = parent / FILES["weights"]
+    if not weights.exists():
+        return None
+    model = rebuild_model(weights)
+    if model(torch.zeros(1, x.shape[1])).shape[-1] != n_classes:  # head reset: other outputs
+        return None
+    return class_metrics(y, predict_classes(model, x, batch_size))
+
+
 def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path: Path,
              history_path: Path, metrics_path: Path, confusion_path: Path, figures: Path,
              per_class_path: Path | None = None, continual: tuple[Path, Path, Path] | None = None) -> dict:
@@ -138,11 +161,7 @@ def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path
     pred = predict_classes(model, x, params.batch_size)
 
     labels = list(range(len(classes)))
-    seen = sorted(set(y.tolist()) | set(pred.tolist()))  # macro over the classes tested or predicted, as
-    pm, rm, fm, _ = precision_recall_fscore_support(y, pred, labels=seen, average="macro",  # sklearn's default:
-                                                    zero_division=0)  # clean.classes may name some not yet seen
-    metrics = {"accuracy": float(accuracy_score(y, pred)), "precision_macro": float(pm), "recall_macro": float(rm),
-               "f1_macro": float(fm), "test_rows": int(len(y))}
+    metrics = class_metrics(y, pred)
     write_json(metrics_path, metrics)
     rows = per_class_rows(classes, y, pred)
     if per_class_path:
@@ -155,7 +174,11 @@ def evaluate(params: Evaluate, model_path: Path, test_path: Path, transform_path
     disp.figure_.savefig(figures / CONFUSION_PNG, dpi=110)
     plt.close(disp.figure_)
     plot_curves(read_json(history_path, "training history"), figures / CURVES_PNG)
-    extra = {"continual": evaluate_continual(pred, y, *continual, figures)} if continual else {}
+    extra = {}
+    if continual:
+        rows_path, parent, folder = continual
+        before = parent_on_test(parent, x, y, len(classes), params.batch_size)
+        extra = {"continual": evaluate_continual(pred, y, rows_path, parent, folder, figures, before)}
     return metrics | {"per_class": by_class(rows)} | extra
 
 

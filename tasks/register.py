@@ -188,6 +188,7 @@ def continual_record(p: Params) -> dict | None:
     buffer = p.paths.buffer / BUFFER_TABLE
     return {"test_sets": {str(c["data_version"] or c["experience"]): c["accuracy"] for c in rec["experiences"]},
             "strategy": p.continual.strategy, "summary": rec.get("summary"),
+            "parent_on_this_test_split": rec.get("parent_on_this_test_split"),
             "buffer_sha256": sha256_file(buffer) if buffer.exists() else None}
 
 

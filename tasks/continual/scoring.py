@@ -14,7 +14,8 @@ came. A data version none of whose test rows is in this data (another source,
 as in a plain transfer) is left out of the matrix, and named.
 
     matrix.json   every row and cell, each experience's data version, rows and test-set hash (the gate and the
-                  next child read it)
+                  next child read it), and a registered parent's test metrics on this same test split (the
+                  promotion policy compares the child with its parent on the same rows)
     metrics.json  average accuracy, backward transfer, average and largest forgetting (DVC metrics)
     trend.json    the average accuracy after each data version (a DVC plot)
 
@@ -105,9 +106,10 @@ def ancestor_row(parent: dict | None, after: int, exps: list[int]) -> list | Non
 
 
 def evaluate_continual(pred: np.ndarray, y: np.ndarray, rows_path: Path, parent: Path, folder: Path,
-                       figures: Path) -> dict:
+                       figures: Path, parent_metrics: dict | None = None) -> dict:
     """Score the test predictions on each data version's test set (the test split's rows, in clean's order,
-    are rows.parquet's test rows), extend the parent's matrix, and write it all; the headline metrics."""
+    are rows.parquet's test rows), extend the parent's matrix, and write it all; the headline metrics.
+    `parent_metrics`: the parent's test metrics on this same test split, recorded for the promotion policy."""
     import pyarrow.compute as pc
 
     from tasks.data import inherit
@@ -123,6 +125,8 @@ def evaluate_continual(pred: np.ndarray, y: np.ndarray, rows_path: Path, parent:
     rec = score(pred == y, test["row"].to_numpy(), test["experience"].to_numpy(),
                 inherit.experiences_of(rows, rows_path), read_parent_record(parent / inherit.FILES["continual"]),
                 name)
+    if parent_metrics is not None and record.get("artifact"):
+        rec["parent_on_this_test_split"] = {"version": record["version"], "metrics": parent_metrics}
     return write(folder, figures, rec)
 
 

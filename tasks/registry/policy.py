@@ -6,7 +6,9 @@
     rollback("digits", "prod", repo=repo)    # the version that held prod before the current one
 
 The policy is `register:` in params.yaml: `metric` (which way it points: tasks.metrics, or
-`higher_is_better` when set), `min_improvement` over the holder of the stage, `require_contract` and
+`higher_is_better` when set), `min_improvement` over the holder of the stage (over the holder's figure
+on the candidate's own test split when the candidate is its warm-started child, which evaluate
+records: like with like), `require_contract` and
 `require_reproducible`, and the forgetting gate `max_forgetting`: a version that loses more than
 that many points of accuracy on any past data version's test set against the holder is refused,
 the test set named (tasks/continual/metrics.py). Whatever params say, a version takes a stage only
@@ -109,6 +111,10 @@ def decide(policy: Register, stage: str, candidate: dict, current: tuple[str, di
         return {"promote": False, "stage": stage, "current": version, "reason": "; ".join(forgot),
                 "forgetting": True}
     value, old = candidate["metrics"][metric], (record.get("metrics") or {}).get(metric)
+    same = (candidate.get("continual") or {}).get("parent_on_this_test_split") or {}
+    on = ""
+    if same.get("version") == version and isinstance((same.get("metrics") or {}).get(metric), (int, float)):
+        old, on = same["metrics"][metric], " on this test split"  # like with like: its parent on the same rows
     if not isinstance(old, (int, float)):
         return {"promote": False, "stage": stage, "current": version,
                 "reason": f"{metric} of {version} in {stage} cannot be read from its lineage"}
@@ -116,7 +122,8 @@ def decide(policy: Register, stage: str, candidate: dict, current: tuple[str, di
     verdict = gain > 0 and gain >= policy.min_improvement
     word = "beats" if verdict else "does not beat"
     return {"promote": bool(verdict), "stage": stage, "current": version, "current_value": old,
-            "reason": f"{metric} {value:.4f} {word} {version}'s {old:.4f} by the required {policy.min_improvement}"}
+            "reason": f"{metric} {value:.4f} {word} {version}'s {old:.4f}{on} by the required "
+                      f"{policy.min_improvement}"}
 
 
 def promote(spec: str, stage: str | None = None, repo: str | Path = ".") -> dict:
