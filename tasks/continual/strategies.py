@@ -1,21 +1,24 @@
 """What train's loop does for continual.strategy replay, ewc and lwf (joint and naive: nothing; augment picks the rows).
 
     check(p.continual, p.train, p.paths.splits, stage, schema)   # before any rank starts: every refusal at once
-    cl = prepare(p.continual, p.train, splits, module, parent, stage, schema)   # every rank, after the warm
-    cl.place(engine.device)           # start and before the engine; then, the engine built: tensors on its device
+    # every rank, `module` holding the warm start's weights, before deepspeed.initialize:
+    cl = prepare(p.continual, p.train, p.paths.splits, module, parent, stage, schema, rank)
+    cl.place(engine.device)                                   # the engine built: tensors there, rank 0's Fisher
     x, y = cl.batch(x, y, p.train.seed, epoch, int(idx[0]))   # replay: rows_per_batch buffer rows appended
     loss, term = cl.loss(out, x, y, engine.module, p.train)   # the task loss plus the strategy's term
-    fingerprint_parts(p.continual, splits)                    # what of it shapes the weights (training/run.py)
+    fingerprint_parts(p.continual, p.paths.splits)            # what of it shapes the weights (training/run.py)
 
 - replay: each batch of new rows gets `buffer.rows_per_batch` rows of the replay buffer
   (`replay.arrow` in the splits folder), drawn by a generator seeded from (train.seed, epoch, the batch's
-  first row), never a generator carried along: a resumed run, or one resharded to another process count,
-  draws what a batch of the same rows would have. With replacement when the buffer is smaller.
+  first row: an epoch's order is a permutation, so no two batches share it), never a generator carried
+  along: a resumed run, or one resharded to another process count, draws what a batch of the same rows
+  would have. With replacement when the buffer is smaller. The replayed rows' share of the loss is logged.
 - ewc (Kirkpatrick et al. 2017): the diagonal empirical Fisher of the loss at the parent's weights, over the
   buffer rows of earlier data versions (`replay.json`: experience < current_experience), one row at a time
   in eval mode (no dropout, BatchNorm's statistics untouched; a loop works for every family, the LSTM too),
-  on rank 0, broadcast to the others; the loss gets ewc.weight / 2 * sum F (w - w_parent)^2, in fp32.
-  Refused under ZeRO stage 3, which partitions the weights the penalty needs whole.
+  on rank 0 (on the CPU, before the engine exists), broadcast to the others; the loss gets ewc.weight / 2 *
+  sum F (w - w_parent)^2, in fp32. w_parent: the weights as the warm start left them (with train.init.head
+  reset, the fresh head's). Refused under ZeRO stage 3, which partitions the weights the penalty needs whole.
 - lwf (Li and Hoiem 2016): the parent, rebuilt from its file as a plain frozen module in eval mode (so it
   works under every ZeRO stage), gives soft targets on every batch; the loss gets lwf.weight * T^2 *
   KL(softmax(teacher / T) || softmax(student / T)) over the classes the parent has seen (the labels of the

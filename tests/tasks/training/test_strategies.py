@@ -119,6 +119,21 @@ def test_the_fisher_is_the_mean_squared_per_row_gradient_computed_independently(
         assert torch.allclose(fisher[n], per_row[n].pow(2).mean(0), rtol=1e-4, atol=1e-7), n
 
 
+@pytest.mark.parametrize("family", ["mlp", "cnn", "rnn", "transformer"])
+def test_the_fisher_loop_works_for_every_family_and_leaves_the_module_as_it_was(family):
+    from tests.tasks.training.test_init import CONFIGS, X
+
+    torch.manual_seed(0)
+    model = build(family, CONFIGS[family])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fisher = cl.diagonal_fisher(model, X[:6], torch.randint(0, 10, (6,)), lambda out, t: F.cross_entropy(out, t))
+    assert fisher.keys() == dict(model.named_parameters()).keys()
+    assert all(torch.isfinite(f).all() and (f >= 0).all() for f in fisher.values())
+    assert sum(f.sum() for f in fisher.values()) > 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BatchNorm's statistics too
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
 def test_the_fisher_of_a_linear_softmax_model_is_the_hand_derived_one():
     torch.manual_seed(1)
     lin = torch.nn.Linear(4, 3)
