@@ -1,7 +1,8 @@
 """File names that more than one stage (or the registry) agrees on: one place, so they cannot drift.
 
-    from tasks.files import TOKENIZER_FILE, RUN_FILE, split_path
+    from tasks.files import TOKENIZER_FILE, RUN_FILE, split_path, replay_paths
     split_path(p.paths.splits, "train")   # data/splits/train.parquet
+    rows, experience = replay_paths(p.paths.splits)   # data/splits/replay.parquet, data/splits/replay.json
 
 The folders themselves are declared in params.yaml's `paths` (templated into
 dvc.yaml); these are the names of the files a stage writes inside them.
@@ -25,3 +26,9 @@ TREND_FILE = "trend.json"  # ... the average accuracy after each data version (D
 def split_path(splits: Path, name: str) -> Path:
     """The file of split `name` (train, val, test, or replay: the buffer) in the splits folder augment writes."""
     return Path(splits) / f"{name}{SPLIT_SUFFIX}"
+
+
+def replay_paths(splits: Path) -> tuple[Path, Path]:
+    """The replay buffer's rows (the `replay` split, in the model table's format) and replay.json (each row's
+    experience, and the newest one) in the splits folder augment writes."""
+    return split_path(splits, "replay"), Path(splits) / REPLAY_RECORD

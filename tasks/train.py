@@ -17,7 +17,9 @@ function of the seed and the epoch alone (training/data.py). SIGTERM
 (preemption) makes every rank write a checkpoint before it exits. The final
 model is the best epoch's (early stopping), saved as one safetensors file,
 never with a non-finite weight. With `train.init.from`, the model starts from
-a parent's weights, parts frozen or at a lower rate (training/init.py).
+a parent's weights, parts frozen or at a lower rate (training/init.py). A
+continual run's strategy (continual.strategy replay, ewc or lwf) adds buffer
+rows to every batch or a term to the loss (tasks/continual/strategies.py).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from pathlib import Path
 
 import torch
 
+from tasks.continual import strategies
 from tasks.data.tables import read_json, write_json
 from tasks.errors import run_main
 from tasks.files import split_path
-from tasks.params import Train, load_params
+from tasks.params import Continual, Train, load_params
 from tasks.training import checkpoints as ckpt
 from tasks.training import init as warm
 from tasks.training import reshard
@@ -43,7 +46,7 @@ from tasks.training.agreement import PREEMPTED, Agreement, NonFiniteLoss, Preemp
 from tasks.training.data import epoch_batches, input_dtype, load_split
 from tasks.training.engine import build_engine, ds_config, zero_stage
 from tasks.training.live import Live, deepspeed_output, progress
-from tasks.training.loss import improved, l1_penalty, loss_fn, validate
+from tasks.training.loss import improved, l1_penalty, validate
 from tasks.training.pruning import TrialReport
 from tasks.training.state import LoopState
 
@@ -63,6 +66,7 @@ class Run:
     x_val: torch.Tensor
     y_val: torch.Tensor
     dtype: torch.dtype
+    cl: strategies.Strategy  # the continual strategy: replay rows in each batch, a term in the loss
 
     def save(self, state: LoopState, reason: str, keep_last: int) -> str:
         """Every rank writes its part of checkpoint step<N>; rank 0 marks it complete once all are written."""
@@ -85,8 +89,8 @@ class Run:
         return tag
 
 
-def start(params: Train, splits: Path, transform: Path, checkpoints: Path, parent_dir: Path = Path("parent_model")
-          ) -> tuple[Run, LoopState]:
+def start(params: Train, splits: Path, transform: Path, checkpoints: Path, parent_dir: Path = Path("parent_model"),
+          continual: Continual | None = None) -> tuple[Run, LoopState]:
     """Every rank: the data, the engine, and the loop state, fresh or resumed from a checkpoint."""
     import deepspeed
     import torch.distributed as dist
@@ -110,7 +114,8 @@ def start(params: Train, splits: Path, transform: Path, checkpoints: Path, paren
     parent = [warm.read_fetched(parent_dir, params.init) if params.init.from_ and rank == 0 else None]
     dist.broadcast_object_list(parent, src=0)  # one read, and one parent on every rank (digits@prod may move)
     parent = parent[0]
-    key = runs.fingerprint(params, splits, parent.identity["sha256"] if parent else None)
+    continual = continual or Continual()  # no continual section given: joint, the reference
+    key = runs.fingerprint(params, splits, parent.identity["sha256"] if parent else None, continual)
     folder, stage = runs.run_dir(checkpoints, key, world), zero_stage(cfg)  # train.zero_stage, or a JSON's
     where = [runs.starting_point(params, stage, checkpoints, key, world) if rank == 0 else None]
     dist.broadcast_object_list(where, src=0)  # every rank resumes from the checkpoint rank 0 chose
@@ -121,11 +126,13 @@ def start(params: Train, splits: Path, transform: Path, checkpoints: Path, paren
         warm.check_unfreeze(params.init, stage, params.precision)
         warm.warm_start(module, params.model, parent, params.init.head)
         groups = warm.param_groups(module, params.init, params.optimizer.lr)
+    cl = strategies.prepare(continual, params, splits, module, parent, stage, schema, rank)  # the parent's weights
     engine = build_engine(module, reshard.universal_loading(cfg) if universal else cfg, groups)
+    cl.place(engine.device)
     torch.manual_seed(params.seed + 1 + rank)  # dropout masks differ between ranks, repeat between runs
     if rank == 0:
         runs.write_run_record(folder, key, cfg, params, mcfg, world)
-    run = Run(engine, rank, world, folder, key, mcfg, x, y, x_val, y_val, input_dtype(params.precision, schema))
+    run = Run(engine, rank, world, folder, key, mcfg, x, y, x_val, y_val, input_dtype(params.precision, schema), cl)
     if not tag:
         return run, LoopState()
     if old_world is None:
@@ -155,12 +162,12 @@ def continue_other_count(run: Run, params: Train, source: Path, tag: str, old_wo
 
 
 def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model_path: Path, history_path: Path,
-          live_dir: Path, parent_dir: Path = Path("parent_model")) -> dict:
+          live_dir: Path, parent_dir: Path = Path("parent_model"), continual: Continual | None = None) -> dict:
     """Run on every rank (started by DeepSpeed's launcher); rank 0 writes the shared files."""
     warnings.filterwarnings("ignore", "`torch.distributed.all_gather_into_tensor` is deprecated",
                             FutureWarning)  # DeepSpeed's ZeRO checkpointing, once per save
     preemption = Preemption()
-    run, state = start(params, splits, transform, checkpoints, parent_dir)
+    run, state = start(params, splits, transform, checkpoints, parent_dir, continual)
     engine, rank, es = run.engine, run.rank, params.early_stopping
     live = Live(live_dir, state.history) if rank == 0 else None
     agreed = Agreement(preemption, rank, engine.device)
@@ -180,15 +187,19 @@ def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model
         bar = progress(len(order), state.batch, f"epoch {epoch}/{params.epochs}", rank)  # on a terminal only
         started, done = time.perf_counter(), len(order)
         loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=engine.device)  # no host sync a step
+        term_sum = torch.tensor(state.term_sum, dtype=torch.float64, device=engine.device)
         for b in range(state.batch, len(order)):
             idx = order[b]
-            out = engine(run.x[idx].to(engine.device, run.dtype)).float()
-            loss = loss_fn(out, run.y[idx].to(engine.device), params)
+            x, y = run.cl.batch(run.x[idx], run.y[idx], params.seed, epoch, int(idx[0]))  # replay: + buffer rows
+            out = engine(x.to(engine.device, run.dtype)).float()
+            loss, term = run.cl.loss(out, x, y.to(engine.device), engine.module, params)  # + ewc's, lwf's term
             if params.optimizer.l1:
                 loss = loss + params.optimizer.l1 * l1_penalty(engine.module)
             engine.backward(loss)
             engine.step()
             loss_sum += loss.detach()
+            if term is not None:
+                term_sum += term
             bar.update()
             agreed.post(loss_sum, f"epoch {epoch}, batch {b + 1}")
             boundary = (b + 1) % params.grad_accum == 0
@@ -196,14 +207,16 @@ def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model
             checkpoint_now = every and boundary and engine.global_steps % every == 0 and b + 1 < len(order)
             if (agreed.stop and boundary) or checkpoint_now:
                 agreed.sync(loss_sum, f"epoch {epoch}, batch {b + 1}")
-                mid = replace(state, batch=b + 1, loss_sum=loss_sum.item(), loss_n=state.loss_n + b + 1 - state.batch)
+                mid = replace(state, batch=b + 1, loss_sum=loss_sum.item(), loss_n=state.loss_n + b + 1 - state.batch,
+                              term_sum=term_sum.item())
                 tag = run.save(mid, "preempted" if agreed.stop else "step", params.checkpoint.keep_last)
                 if agreed.stop:
                     say(rank, f"train: SIGTERM: checkpoint {run.folder / tag} written; rerun to resume")
                     return {"preempted": True}
         agreed.sync(loss_sum, f"epoch {epoch}, batch {done}")
         bar.close()
-        state = replace(state, batch=done, loss_sum=loss_sum.item(), loss_n=state.loss_n + done - state.batch)
+        state = replace(state, batch=done, loss_sum=loss_sum.item(), loss_n=state.loss_n + done - state.batch,
+                        term_sum=term_sum.item())
         entry = end_of_epoch(run, state, params, epoch, seconds=time.perf_counter() - started)
         better = improved(entry[es.metric], state.best, es.metric, es.min_delta)  # metric checked with params
         state = state.end_epoch(entry, better, es.metric, ckpt.step_tag(engine.global_steps))
@@ -231,11 +244,14 @@ def end_of_epoch(run: Run, state: LoopState, params: Train, epoch: int, seconds:
     them, and rank 0's are the ones its checkpoint and the model file keep)."""
     import torch.distributed as dist
 
-    totals = torch.tensor([state.loss_sum, state.loss_n], dtype=torch.float64, device=run.engine.device)
+    totals = torch.tensor([state.loss_sum, state.loss_n, state.term_sum], dtype=torch.float64,
+                          device=run.engine.device)
     dist.all_reduce(totals)  # on the engine's device: NCCL reduces no CPU tensor
     metrics = [validate(run.engine, run.x_val, run.y_val, run.dtype, params)]
     dist.broadcast_object_list(metrics, src=0)
-    return {"epoch": epoch, "train_loss": totals[0].item() / max(totals[1].item(), 1.0), **metrics[0],
+    n = max(totals[1].item(), 1.0)
+    term = {run.cl.term: totals[2].item() / n} if run.cl.term else {}  # the continual strategy's, a batch's mean
+    return {"epoch": epoch, "train_loss": totals[0].item() / n, **term, **metrics[0],
             "lr": run.engine.get_lr()[0], "seconds": seconds}  # seconds: the training steps (this start's share)
 
 
@@ -275,7 +291,7 @@ def main() -> None:
     import torch.distributed as dist
 
     result = run_main(lambda: train(p.train, p.paths.splits, p.paths.transform, p.paths.checkpoints, p.paths.model,
-                                    p.paths.train_history, p.paths.train_live, p.paths.parent))
+                                    p.paths.train_history, p.paths.train_live, p.paths.parent, p.continual))
     sys.stdout.flush()
     sys.stderr.flush()
     dist.destroy_process_group()

@@ -3,8 +3,8 @@
     python -m tasks.train      # the DVC side runs precheck, then launch(launcher_command(...))
 
 Everything here runs in the one process DVC starts, before and around the ranks:
-it checks params, data and a warm start's parent (so a bad input costs no process start), builds the
-launcher's command (GPUs, CPU ranks, or several nodes through a hostfile),
+it checks params, data, a warm start's parent and the continual strategy (so a
+bad input costs no process start), builds the launcher's command (GPUs, CPU ranks, or several nodes through a hostfile),
 gives CPU ranks their share of the cores, and passes SIGTERM on to the ranks.
 DeepSpeed's start-up lines (its launcher's INFO log, the accelerator detection's
 warning) stay out of the log unless train.verbose; the ranks' side of that is in
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from models import build
+from tasks.continual import strategies
 from tasks.data.tables import LABEL, feature_names, image_shape_of, read_json, read_model_table, tokens_of
 from tasks.errors import InputError
 from tasks.files import split_path
@@ -115,8 +116,9 @@ def precheck(p: Params) -> None:
         raise InputError("; ".join(problems))
     cfg = ds_config(p.train, world, 1)  # train.deepspeed_config: exists, parses, holds an object
     parent = check_warm_start(p.train, child, zero_stage(cfg), p.paths.parent)
+    strategies.check(p.continual, p.train, p.paths.splits, zero_stage(cfg), tables["train"].schema)
     refuse_other_world(p.train, zero_stage(cfg), p.paths.checkpoints,
-                       fingerprint(p.train, p.paths.splits, parent and parent["sha256"]), world)
+                       fingerprint(p.train, p.paths.splits, parent and parent["sha256"], p.continual), world)
 
 
 def check_warm_start(p: Train, child: torch.nn.Module, stage: int, folder: Path = Path("parent_model")) -> dict | None:

@@ -105,9 +105,10 @@ def load_generators_and_sums(tag_dir: Path, rank: int, old_world: int, seed: int
     else:
         torch.manual_seed(seed + 1 + rank)
     if rank:
-        return {"loss_sum": 0.0, "loss_n": 0}
+        return {"loss_sum": 0.0, "loss_n": 0, "term_sum": 0.0}
     loops = [ckpt.rank_loop(tag_dir, old) for old in range(old_world)]
-    return {"loss_sum": sum(lp["loss_sum"] for lp in loops), "loss_n": sum(lp["loss_n"] for lp in loops)}
+    return {"loss_sum": sum(lp["loss_sum"] for lp in loops), "loss_n": sum(lp["loss_n"] for lp in loops),
+            "term_sum": sum(lp.get("term_sum", 0.0) for lp in loops)}
 
 
 def universal_tag(tag: str) -> str:

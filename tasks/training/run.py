@@ -2,7 +2,7 @@
 
     n = n_outputs(read_json(p.paths.transform, "clean transform"))   # classes, or 1 for a regression
     cfg = model_config(params, schema, n_features, n)                # saved in the model file's metadata
-    key = fingerprint(params, splits)                                # what a checkpoint must match to resume
+    key = fingerprint(params, splits, parent_sha256, continual)      # what a checkpoint must match to resume
     source, tag, old_world = starting_point(params, stage, checkpoints, key, world)
 
 A run's checkpoints live in `<fingerprint>-w<processes>/`. The fingerprint
@@ -10,9 +10,10 @@ covers everything that shapes the weights a run produces: the train params
 (less those that only say where and how many processes run), the training and
 validation data, the *contents* of a DeepSpeed JSON named by
 `train.deepspeed_config` (an edit in place is a new run, not a resume), a warm
-start's parent weights (by their SHA-256), and the
+start's parent weights (by their SHA-256), the continual strategy with its
+params and the replay buffer it reads (by the files' SHA-256), and the
 source of the code that computes them (SHAPING_CODE: the models, the loop, its
-loss, data order, DeepSpeed config and state). Anything else changed (the
+loss, data order, DeepSpeed config, state and continual strategies). Anything else changed (the
 launcher, checkpoint handling, logging) resumes.
 
 The model file (write_model) is a function of the weights and the metadata
@@ -31,10 +32,11 @@ import pyarrow as pa
 import torch
 from safetensors.torch import save_file
 
+from tasks.continual.strategies import fingerprint_parts
 from tasks.data.tables import atomic_path, image_shape_of, sha256_file, tokens_of, write_json
 from tasks.errors import InputError
 from tasks.files import DS_CONFIG_FILE, RUN_FILE, split_path
-from tasks.params import Train
+from tasks.params import Continual, Train
 from tasks.training import checkpoints as ckpt
 from tasks.training import reshard
 from tasks.training.agreement import NonFiniteLoss
@@ -43,7 +45,8 @@ from tasks.training.state import LoopState
 ROOT = Path(__file__).resolve().parents[2]
 # the code whose source shapes the weights: the models, the loop, its loss, data order, engine and state
 SHAPING_CODE = ("models", "tasks/train.py", "tasks/training/data.py", "tasks/training/loss.py",
-                "tasks/training/engine.py", "tasks/training/state.py", "tasks/training/init.py")
+                "tasks/training/engine.py", "tasks/training/state.py", "tasks/training/init.py",
+                "tasks/continual/strategies.py")
 WHERE_NOT_WHAT = {"num_procs", "master_port", "hostfile", "master_addr", "checkpoint", "verbose"}
 
 
@@ -72,12 +75,14 @@ def shaping_code_hash() -> str:
     return ckpt.fingerprint(*(f"{f.relative_to(ROOT)}:{sha256_file(f)}" for f in files))
 
 
-def fingerprint(params: Train, splits: Path, parent_sha256: str | None = None) -> str:
+def fingerprint(params: Train, splits: Path, parent_sha256: str | None = None,
+                continual: Continual | None = None) -> str:
     """What a checkpoint must match to be resumed (the module docstring says what and why); a warm start's
-    parent by its weights' sha256, not its spec (digits@prod moves)."""
+    parent by its weights' sha256, not its spec (digits@prod moves); the continual strategy, its params and
+    the replay buffer's files it reads (tasks/continual/strategies.py)."""
     parts = [params.model_dump_json(exclude=WHERE_NOT_WHAT),
              *(sha256_file(split_path(splits, s)) for s in ("train", "val")), shaping_code_hash(),
-             *([parent_sha256] if parent_sha256 else [])]
+             *([parent_sha256] if parent_sha256 else []), *(fingerprint_parts(continual, splits) if continual else [])]
     if params.deepspeed_config:
         try:
             parts.append(sha256_file(params.deepspeed_config))

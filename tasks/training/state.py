@@ -6,7 +6,7 @@
     state = LoopState.restored(client_state, own)         # after engine.load_checkpoint
 
 `shared()` is the same on every rank (where the loop is, the history, early
-stopping, a reshard's handovers); `own()` is this rank's partial loss sums,
+stopping, a reshard's handovers); `own()` is this rank's partial loss sums (and the continual term's),
 which DeepSpeed's client_state cannot hold since rank 0 alone writes it.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from tasks.params import EarlyStopping
 
-OWN = ("loss_sum", "loss_n")  # this rank's, saved beside its random generators
+OWN = ("loss_sum", "loss_n", "term_sum")  # this rank's, saved beside its random generators
 
 
 @dataclass
@@ -30,6 +30,7 @@ class LoopState:
     resharded: dict | None = None  # an epoch other process counts ran part of (reshard.py)
     loss_sum: float = 0.0  # this rank's sum of batch losses in the epoch so far
     loss_n: int = 0  # and how many batches that is
+    term_sum: float = 0.0  # this rank's sum of the continual strategy's term (tasks/continual/strategies.py)
 
     def shared(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in OWN}
@@ -41,7 +42,7 @@ class LoopState:
     def restored(cls, shared: dict, own: dict) -> LoopState:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in shared.items() if k in names and k not in OWN},
-                   **{k: own[k] for k in OWN})
+                   **{k: own.get(k, getattr(cls, k)) for k in OWN})
 
     def stopped_early(self, es: EarlyStopping) -> bool:
         return self.bad_epochs >= es.patience > 0
@@ -51,4 +52,5 @@ class LoopState:
         checkpoint tag it is saved under): the next epoch, its loss sums at zero."""
         best = {"best": entry[metric], "best_tag": tag} if better else {}
         return replace(self, epoch=entry["epoch"] + 1, batch=0, history=[*self.history, entry],
-                       bad_epochs=0 if better else self.bad_epochs + 1, loss_sum=0.0, loss_n=0, **best)
+                       bad_epochs=0 if better else self.bad_epochs + 1, loss_sum=0.0, loss_n=0, term_sum=0.0,
+                       **best)

@@ -44,8 +44,9 @@ def test_the_fingerprint_covers_the_code_that_shapes_the_weights(splits, tmp_pat
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "net.py").write_text("WIDTH = 8\n")
     (tmp_path / "tasks" / "training").mkdir(parents=True)
+    (tmp_path / "tasks" / "continual").mkdir(parents=True)
     for name in ("train.py", "training/data.py", "training/loss.py", "training/engine.py", "training/state.py",
-                 "training/init.py"):
+                 "training/init.py", "continual/strategies.py"):
         (tmp_path / "tasks" / name).write_text("")
     monkeypatch.setattr(runs, "ROOT", tmp_path)
     before = runs.fingerprint(Train(), splits)
@@ -54,6 +55,9 @@ def test_the_fingerprint_covers_the_code_that_shapes_the_weights(splits, tmp_pat
     assert after_model != before
     (tmp_path / "tasks" / "training" / "engine.py").write_text("# how the DeepSpeed config is derived\n")
     assert runs.fingerprint(Train(), splits) != after_model
+    after_engine = runs.fingerprint(Train(), splits)
+    (tmp_path / "tasks" / "continual" / "strategies.py").write_text("# what replay, EWC and LwF add\n")
+    assert runs.fingerprint(Train(), splits) != after_engine
     # a warm start's parent by its weights: digits@prod moved to other weights is another run
     warm = Train.model_validate({"init": {"from": "digits@prod"}})
     assert runs.fingerprint(warm, splits, "a" * 64) != runs.fingerprint(warm, splits, "b" * 64)
@@ -65,11 +69,13 @@ def test_n_outputs_counts_every_class_clean_saw_not_those_a_split_holds():
 
 
 def test_the_loop_state_splits_into_what_rank_0_saves_and_what_each_rank_saves():
-    state = LoopState(epoch=3, batch=5, best=0.2, best_tag="step00000040", loss_sum=1.5, loss_n=5)
+    state = LoopState(epoch=3, batch=5, best=0.2, best_tag="step00000040", loss_sum=1.5, loss_n=5, term_sum=0.25)
     shared, own = state.shared(), state.own()
-    assert own == {"loss_sum": 1.5, "loss_n": 5} and not set(own) & set(shared)
+    assert own == {"loss_sum": 1.5, "loss_n": 5, "term_sum": 0.25} and not set(own) & set(shared)
     assert shared["epoch"] == 3 and shared["best_tag"] == "step00000040"
     assert LoopState.restored(shared | {"a key of a later version": 1}, own) == state
+    older = {"loss_sum": 1.5, "loss_n": 5}  # a rank's counters from before the continual term
+    assert LoopState.restored(shared, older).term_sum == 0.0
 
 
 def test_an_epoch_end_moves_on_and_counts_epochs_without_improvement():
