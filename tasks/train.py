@@ -67,6 +67,7 @@ class Run:
     y_val: torch.Tensor
     dtype: torch.dtype
     cl: strategies.Strategy  # the continual strategy: replay rows in each batch, a term in the loss
+    warm: bool = False  # started from a parent's weights (not: from scratch, or a stage that held none yet)
 
     def save(self, state: LoopState, reason: str, keep_last: int) -> str:
         """Every rank writes its part of checkpoint step<N>; rank 0 marks it complete once all are written."""
@@ -132,7 +133,8 @@ def start(params: Train, splits: Path, transform: Path, checkpoints: Path, paren
     torch.manual_seed(params.seed + 1 + rank)  # dropout masks differ between ranks, repeat between runs
     if rank == 0:
         runs.write_run_record(folder, key, cfg, params, mcfg, world)
-    run = Run(engine, rank, world, folder, key, mcfg, x, y, x_val, y_val, input_dtype(params.precision, schema), cl)
+    run = Run(engine, rank, world, folder, key, mcfg, x, y, x_val, y_val, input_dtype(params.precision, schema), cl,
+              parent is not None)
     if not tag:
         return run, LoopState()
     if old_world is None:
@@ -182,7 +184,8 @@ def train(params: Train, splits: Path, transform: Path, checkpoints: Path, model
     for epoch in range(state.epoch, params.epochs + 1):
         if state.stopped_early(es):
             break
-        warm.set_trainable(engine.module, params.init, epoch)  # gradual unfreezing (train.init)
+        if run.warm:  # gradual unfreezing (train.init); a first run from an empty stage freezes nothing
+            warm.set_trainable(engine.module, params.init, epoch)
         order = epoch_batches(len(run.x), params, epoch, rank, run.world, state.resharded)
         bar = progress(len(order), state.batch, f"epoch {epoch}/{params.epochs}", rank)  # on a terminal only
         started, done = time.perf_counter(), len(order)
