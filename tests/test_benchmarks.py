@@ -81,3 +81,25 @@ def test_startup_benchmark_breaks_the_whole_run_down_and_times_the_candidates():
     assert re.search(r"^DVC side: exit(\s+[\d.]+){6}$", out, re.M), out  # phase by phase, each candidate
     # the launcher inside the DVC side (candidates 4 and 6): no launcher process to start
     assert re.search(r"^DVC side: starting the launcher(\s+[\d.]+){3}\s+-\s+[\d.]+\s+-$", out, re.M), out
+
+
+def test_continual_benchmark_reports_each_strategy_against_its_targets():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from continual import report
+
+    from tasks.continual.metrics import summary
+
+    def result(R, steps):
+        return {"matrix": {"matrix": R, "summary": summary(R)}, "steps": steps, "trend": []}
+
+    naive = [[1.0], [0.0, 1.0]]
+    replay = [[1.0], [0.97, 0.95]]
+    joint = [[1.0], [0.99, 0.98]]
+    lines = report({"naive": result(naive, 10), "replay": result(replay, 25), "joint": result(joint, 100)},
+                   "class_incremental")
+    assert re.match(r"naive\s+0\.500\s+-1\.000\s+100\.0p\s+0\.000\s+10\s+10%", lines[1]), lines
+    assert "target replay ACC >= 0.90: 0.960 (met)" in lines
+    assert "target replay forgetting <= 5 points on every past test set: 3.0 (met)" in lines
+    assert "target replay within 3 points of joint at <= 30% of its steps: 2.5 points, 25% (met)" in lines
+    domain = report({"replay": result([[0.9, None], [0.89, 0.93]], 5)}, "domain_incremental")
+    assert domain[-1].startswith("target replay: no past test set loses > 2 points (1.0: met)"), domain
