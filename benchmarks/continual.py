@@ -5,7 +5,7 @@
     python benchmarks/continual.py --stream domain_incremental --strategies naive,replay
 
 Each strategy runs in a repository of its own, one `dvc repro` per experience of the stream (ingest.stream,
-upto 0..4): the first from scratch, each later one fine-tuned from the version the previous run registered
+upto 0..4): the first from scratch (train.init.from digits@prod while prod is empty), each later one fine-tuned from the version the previous run registered
 (train.init.from digits@v0.0.k, so the chain does not depend on the promotion policy; the forgetting gate is
 off). `joint` trains each run on every training row so far (from the previous version, like the others);
 the others on the new experience's rows only: `naive` plain fine-tuning, `ewc` and `lwf` with their terms,
@@ -41,7 +41,7 @@ from tests.conftest import copy_repo, run, set_params  # noqa: E402  (sets PATH,
 
 STRATEGIES = ("naive", "ewc", "lwf", "replay", "joint")
 BASE = {"ingest.stream.experiences": 5, "contract.min_rows": 300, "clean.classes": list(range(10)),
-        "register.max_forgetting": None, "continual.buffer.size": 200}
+        "register.max_forgetting": None, "continual.buffer.size": 200, "train.init.unassigned": "scratch"}
 
 
 def steps_of(repo: Path, world: int, batch: int) -> int:
@@ -60,7 +60,8 @@ def chain(strategy: str, args, seed: int, port: int, root: Path) -> dict:
     run(["git", "commit", "-qam", f"{strategy}: the {args.stream} stream"], repo)
     steps, trend = [], []
     for k in range(5):
-        set_params(repo, {"ingest.stream.upto": k, "train.init.from": f"digits@v0.0.{k}" if k else None})
+        # the first run: prod holds nothing yet, so from scratch (ewc and lwf train as naive: nothing to keep)
+        set_params(repo, {"ingest.stream.upto": k, "train.init.from": f"digits@v0.0.{k}" if k else "digits@prod"})
         started = time.perf_counter()
         run(["dvc", "repro"], repo, timeout=1800)
         steps.append(steps_of(repo, 2, 32))

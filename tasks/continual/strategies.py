@@ -97,6 +97,15 @@ def read_buffer(splits, schema: pa.Schema | None = None) -> Buffer:
     return Buffer(x, y, torch.tensor(experience, dtype=torch.int64), current)
 
 
+def effective(continual: Continual, params: Train, warm: bool) -> Continual:
+    """The strategy this run follows: ewc and lwf keep a parent close, so the first run of a loop, which
+    starts from scratch because the stage holds no version yet (train.init.unassigned: scratch), trains
+    as naive; with train.init.from null they are refused (check)."""
+    if continual.strategy in ("ewc", "lwf") and params.init.from_ and not warm:
+        return continual.model_copy(update={"strategy": "naive"})
+    return continual
+
+
 def check(continual: Continual, params: Train, splits, stage: int, schema: pa.Schema | None = None
           ) -> Buffer | None:
     """Every reason the strategy cannot run, at once (an InputError naming the keys and the file); the
@@ -258,6 +267,7 @@ def prepare(continual: Continual, params: Train, splits, module: nn.Module, pare
             schema: pa.Schema, rank: int = 0) -> Strategy:
     """The strategy for this run, on every rank, with `module` holding the warm start's weights (before the
     engine is built): checked, its buffer read; ewc's Fisher (rank 0) and anchor; lwf's teacher."""
+    continual = effective(continual, params, parent is not None)
     buffer, s = check(continual, params, splits, stage, schema), continual.strategy
     run = Strategy(s, continual, buffer)
     if buffer is None:

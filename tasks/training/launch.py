@@ -116,7 +116,8 @@ def precheck(p: Params) -> None:
         raise InputError("; ".join(problems))
     cfg = ds_config(p.train, world, 1)  # train.deepspeed_config: exists, parses, holds an object
     parent = check_warm_start(p.train, child, zero_stage(cfg), p.paths.parent)
-    strategies.check(p.continual, p.train, p.paths.splits, zero_stage(cfg), tables["train"].schema)
+    strategies.check(strategies.effective(p.continual, p.train, parent is not None), p.train, p.paths.splits,
+                     zero_stage(cfg), tables["train"].schema)
     refuse_other_world(p.train, zero_stage(cfg), p.paths.checkpoints,
                        fingerprint(p.train, p.paths.splits, parent and parent["sha256"], p.continual), world)
 

@@ -360,3 +360,14 @@ def test_the_ewc_and_lwf_terms_train_through_zero_0_1_and_2_engines(tmp_path):
             for stage, r in results.items()}
     assert flat[1] == pytest.approx(flat[0], rel=1e-4, abs=1e-9)  # ZeRO's partitioned arithmetic, up to rounding
     assert flat[2] == pytest.approx(flat[0], rel=1e-4, abs=1e-9)
+
+
+@pytest.mark.parametrize("strategy", ["ewc", "lwf"])
+def test_a_first_run_from_an_empty_stage_trains_as_naive_and_without_a_spec_is_refused(splits, strategy):
+    spec = Train.model_validate({"model": "mlp", "init": {"from": "digits@prod", "unassigned": "scratch"}})
+    assert cl.effective(Continual(strategy=strategy), spec, warm=False).strategy == "naive"
+    assert cl.effective(Continual(strategy=strategy), spec, warm=True).strategy == strategy
+    scratch = Train.model_validate({"model": "mlp"})
+    assert cl.effective(Continual(strategy=strategy), scratch, warm=False).strategy == strategy
+    with pytest.raises(InputError, match=f"continual.strategy {strategy} needs a parent"):
+        cl.check(Continual(strategy=strategy), scratch, splits, 0)
