@@ -9,7 +9,8 @@ upto 0..4): the first from scratch (train.init.from digits@prod while prod is em
 fine-tuned from the version the previous run registered (train.init.from digits@v0.0.k, so the chain does not
 depend on the promotion policy; the forgetting gate is off). `joint` trains each run on every training row
 so far (from the previous version, like the others); the others on the new experience's rows only: `naive`
-plain fine-tuning, `ewc` and `lwf` with their terms, `replay` with the buffer (continual.buffer.size, 20 rows a class by default) in every batch.
+plain fine-tuning, `ewc` and `lwf` with their terms, `replay` with the buffer (continual.buffer.size, 20 rows
+a class by default) in every batch.
 
 Read after the last run: the accuracy matrix evaluate wrote (reports/continual/matrix.json: every past test
 set scored, the earlier rows as the previous versions recorded them), its average accuracy (GEM), backward
