@@ -1,6 +1,6 @@
 """The replay buffer: a class-balanced (or version-balanced) reservoir of training rows, kept as data.
 
-    table, record = build(parent_buffer, candidates, classes, params.continual.buffer, current)
+    table = build(parent_buffer, candidates(clean, rows, current), size, balance, seed)
     write(folder, table, record)          # buffer.parquet and buffer.json, byte-identical for the same inputs
 
 The buffer of a data version is built from two things only: the parent's
