@@ -173,23 +173,26 @@ def parent_tokenizer(path: Path, params: Augment):
 
 
 def continual_parts(parts: dict[str, pa.Table], table: pa.Table, clean_path: Path, rows_path: Path | None,
-                    buffer_dir: Path | None, strategy: str) -> tuple[dict[str, pa.Table], dict | None]:
+                    buffer_dir: Path | None, strategy: str,
+                    parent: Path | None = None) -> tuple[dict[str, pa.Table], dict | None]:
     """The training split a continual strategy trains on (every row: joint; else the newest experience's
-    rows only, those the parent has not seen), and the replay split: the buffer's rows, with each one's
-    experience for replay.json."""
+    rows only, those the parent has not seen: none when every row is the parent's, as its rows.parquet in
+    `parent` says), and the replay split: the buffer's rows, with each one's experience for replay.json."""
     if rows_path is None:
         return parts, None
     rows = inherit.read_rows(rows_path)
     if rows.num_rows != table.num_rows:
         raise InputError(f"{rows_path}: {rows.num_rows} rows, but {clean_path} has {table.num_rows}; rerun clean")
-    current = len(inherit.experiences_of(rows, rows_path)) - 1
+    listed = inherit.experiences_of(rows, rows_path)
+    current = len(listed) - 1
     if strategy in NEW_ROWS_ONLY:
         new = pc.equal(rows["experience"].filter(pc.equal(table[SPLIT], "train")), current)
         parts = dict(parts, train=parts["train"].filter(new))
-        if parts["train"].num_rows == 0:
+        whose = "" if inherit.added_experience(listed, parent) else " is the parent's own"
+        if parts["train"].num_rows == 0 or whose:
             raise InputError(f"{clean_path}: continual.strategy {strategy} trains on the rows the parent has not "
-                             f"seen, and this data version has no new training row (experience {current}); ingest "
-                             f"new data, or set continual.strategy: joint")
+                             f"seen, and this data version has no new training row (experience {current}{whose}); "
+                             f"ingest new data, or set continual.strategy: joint")
     buffer = read_buffer(buffer_dir) if buffer_dir is not None else None
     if buffer is None:
         return parts, {"current_experience": current, "experience": []}
@@ -200,11 +203,12 @@ def continual_parts(parts: dict[str, pa.Table], table: pa.Table, clean_path: Pat
 
 def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Path,
             tokenizer: Path | None = None, rows_path: Path | None = None, buffer_dir: Path | None = None,
-            strategy: str = "joint") -> dict:
+            strategy: str = "joint", parent: Path | None = None) -> dict:
     """Write split_path(out_dir, s) for each split, the training one with `params.copies` augmented copies
     of each row, and the tokenizer for text (the parent's, when `tokenizer` names one); return the row
     counts. With rows_path (clean's experiences) and buffer_dir, the training split follows
-    continual.strategy (`strategy`) and the replay split (the buffer) is written, with replay.json."""
+    continual.strategy (`strategy`; `parent`, the parent stage's folder, says which rows the parent had) and
+    the replay split (the buffer) is written, with replay.json."""
     table = read_model_table(clean_path)
     t = read_json(transform_path, "clean transform")
     regression = t.get("task") == "regression"
@@ -212,7 +216,7 @@ def augment(params: Augment, clean_path: Path, transform_path: Path, out_dir: Pa
     check_model_table(table, clean_path, None if regression else len(t["classes"]))
     features, shape, text = feature_names(table.schema), image_shape_of(table.schema), text_column_of(table.schema)
     parts, replay = continual_parts(_split_parts(table, clean_path), table, clean_path, rows_path, buffer_dir,
-                                    strategy)
+                                    strategy, parent)
     rng, gen = np.random.default_rng(params.seed), torch.Generator().manual_seed(params.seed)
     tok, vocab, names = None, 0, list(features)
     sequence = bool(text) and params.text.representation == "sequence"
@@ -261,7 +265,7 @@ def main() -> None:
         p = load_params()
         s = augment(p.augment, p.paths.clean, p.paths.transform, p.paths.splits,
                     p.paths.parent / "tokenizer.json" if p.train.init.from_ else None, p.paths.rows, p.paths.buffer,
-                    p.continual.strategy)
+                    p.continual.strategy, p.paths.parent)
         print(f"augment: wrote {s['rows']} rows of {s['features']} features to {p.paths.splits} "
               f"({p.augment.copies} augmented copies of each training row"
               + (f"; tokenizer vocabulary {s['tokenizer_vocab']}" if s["tokenizer_vocab"] else "") + ")")

@@ -35,6 +35,8 @@ def build_buffer(params: Buffer, clean_path: Path, rows_path: Path, transform_pa
     listed = inherit.experiences_of(rows, rows_path)
     current = len(listed) - 1
     new = buf.candidates(clean, rows, current)
+    if not inherit.added_experience(listed, parent):  # every row is the parent's: its buffer has seen them
+        new = new.slice(0, 0)
     old, dropped, why = buf.read(parent), 0, ""
     if old is not None:
         old, dropped, why = buf.carried(old, new.schema, rows, parent / buf.TABLE)

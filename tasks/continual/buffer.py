@@ -1,6 +1,6 @@
 """The replay buffer: a class-balanced (or version-balanced) reservoir of training rows, kept as data.
 
-    table, record = build(parent_buffer, candidates, classes, params.continual.buffer, current)
+    table = build(parent_buffer, candidates(clean, rows, current), size, balance, seed)
     write(folder, table, record)          # buffer.parquet and buffer.json, byte-identical for the same inputs
 
 The buffer of a data version is built from two things only: the parent's
@@ -51,12 +51,18 @@ def priority(rows: np.ndarray, seed: int) -> np.ndarray:
 
 
 def shares(counts: dict[int, int], size: int) -> dict[int, int]:
-    """An equal share of `size` per group, by group order; what a group lacks goes to the others."""
-    out, left = {}, size
-    for i, (group, n) in enumerate(sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))):
-        out[group] = min(n, left // (len(counts) - i) + (1 if left % (len(counts) - i) else 0))
-        left -= out[group]
-    return out
+    """An equal share of `size` per group; what a group lacks goes to the others, and the rows the share does
+    not divide go one each to the first groups (by group order) with rows to spare. The order matters: were
+    the remainder given by count, a group's share would move when another group only gained rows, and a
+    group whose share grows while it lacks rows is no longer the reservoir of its rows (see build)."""
+    out, left, rest = {}, size, sorted(counts, key=lambda g: (counts[g], g))
+    while rest and counts[rest[0]] <= left // len(rest):  # fewer rows than the level: every one kept
+        group = rest.pop(0)
+        out[group], left = counts[group], left - counts[group]
+    if rest:  # every one of these has more rows than the level, so each can take one of the remainder
+        level, extra = divmod(left, len(rest))
+        out |= {group: level + (i < extra) for i, group in enumerate(sorted(rest))}
+    return dict(sorted(out.items()))
 
 
 def build(parent: pa.Table | None, new: pa.Table, size: int, balance: str, seed: int) -> pa.Table:

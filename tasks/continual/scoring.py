@@ -51,14 +51,23 @@ def read_parent_record(path: Path) -> dict | None:
         return None
     try:
         rec = json.loads(path.read_text())
-        check_matrix(rec["matrix"])
-        rec["experiences"], rec["models"]  # noqa: B018 - present
+        check_matrix(as_full(rec["matrix"], len(rec["experiences"])))
+        if len(rec["models"]) != len(rec["matrix"]):
+            raise ValueError(f"{len(rec['models'])} model names for {len(rec['matrix'])} rows")
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: the parent's accuracy matrix cannot be read ({type(e).__name__}: {e}); "
                          f"run `dvc repro parent`") from None
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
     return rec
+
+
+def as_full(matrix: list, columns: int) -> list:
+    """An incomplete matrix (the last rows only: complete false) checked as the rows it is: the rows it lacks
+    filled with placeholders, so row i stays the model after data version i."""
+    if not 0 < len(matrix) <= columns:
+        raise ValueError(f"{len(matrix)} rows for {columns} data versions")
+    return [[0.0] * (i + 1) for i in range(columns - len(matrix))] + list(matrix)
 
 
 def score(correct: np.ndarray, test_hashes: np.ndarray, test_experience: np.ndarray, experiences: list[dict],
@@ -82,7 +91,7 @@ def score(correct: np.ndarray, test_hashes: np.ndarray, test_experience: np.ndar
             rows, models = [], []
             break
         rows.append(row + [None] * (len(exps) - k - 1))
-        who = parent["models"][[x["experience"] for x in parent["experiences"]].index(e)]
+        who = parent["models"][parent_row(parent, e)]
         models.append(parent_name if who == THIS_MODEL and parent_name else who)
     rows.append([c["accuracy"] for c in cols])
     models.append(THIS_MODEL)
@@ -95,14 +104,23 @@ def score(correct: np.ndarray, test_hashes: np.ndarray, test_experience: np.ndar
 
 def ancestor_row(parent: dict | None, after: int, exps: list[int]) -> list | None:
     """The parent's record of the model after experience `after`, on the test sets of `exps`; None if absent."""
+    at = parent_row(parent, after)
+    if at is None:
+        return None
+    index = [x["experience"] for x in parent["experiences"]]
+    row = parent["matrix"][at]
+    cells = [row[index.index(e)] if e in index and index.index(e) < len(row) else None for e in exps]
+    return None if any(c is None for c in cells) else cells
+
+
+def parent_row(parent: dict | None, after: int) -> int | None:
+    """Which row of the parent's matrix is the model after experience `after`: an incomplete matrix holds the
+    last rows only (the first row is then a later model than the first experience's)."""
     if parent is None:
         return None
     index = [x["experience"] for x in parent["experiences"]]
-    if after not in index or index.index(after) >= len(parent["matrix"]):
-        return None
-    row = parent["matrix"][index.index(after)]
-    cells = [row[index.index(e)] if e in index and index.index(e) < len(row) else None for e in exps]
-    return None if any(c is None for c in cells) else cells
+    at = index.index(after) - (len(index) - len(parent["matrix"])) if after in index else -1
+    return at if at >= 0 else None
 
 
 def evaluate_continual(pred: np.ndarray, y: np.ndarray, rows_path: Path, parent: Path, folder: Path,

@@ -142,6 +142,16 @@ def assign_experiences(parent_rows: pa.Table | None, parent_experiences: list[di
     return experience.astype(np.int16), listed
 
 
+def added_experience(listed: list[dict], parent: Path | None) -> bool:
+    """Whether this data's newest experience is its own: False when the parent's rows.parquet (in the folder
+    the parent stage fills) lists as many experiences, i.e. every row here is one the parent had, and the
+    newest experience is the parent's (assign_experiences adds none)."""
+    path = Path(parent) / FILES["rows"] if parent is not None else None
+    if path is None or not path.exists():
+        return True  # from scratch, or a parent that records no rows: every row is new to the model
+    return len(listed) > len(experiences_of(read_rows(path), path))
+
+
 def leaks(parent_rows: pa.Table, hashes: np.ndarray, split: np.ndarray) -> int:
     """How many of the child's test rows (split 2) the parent trained on (its split 0)."""
     trained = parent_rows.filter(pc.equal(parent_rows["split"], SPLITS.index("train")))["row"]

@@ -65,3 +65,51 @@ def run_clean(root, **clean_params) -> dict:
 
 def table_of(**cols) -> pa.Table:
     return pa.table(cols)
+
+
+CONTINUAL_CLASSES = (0, 1, 2, 3)  # clean.classes: one output layer for both data versions (train.init.head keep)
+
+
+def continual_version(root, labels, parent=None, size: int = 40, seed: int = 0) -> dict:
+    """ingest (the digits, ingest.labels `labels`) + clean (clean.classes CONTINUAL_CLASSES) + buffer into
+    `root`, from the parent folder `parent` as the parent stage fills it (or from scratch); returns the paths and
+    each stage's summary."""
+    from tasks.buffer import build_buffer
+    from tasks.params import Buffer, load_params
+    from tests.conftest import ROOT
+
+    p = load_params(ROOT / "params.yaml")
+    root.mkdir(parents=True, exist_ok=True)
+    out = paths(root) | {"rows": root / "rows.parquet", "buffer": root / "buffer", "parent": parent}
+    out["manifest_record"] = ingest(p.ingest.model_copy(update={"labels": list(labels)}), tiny_contract(),
+                                    out["raw"], out["manifest"], out["contract"])
+    out["clean_report"] = clean(p.clean.model_copy(update={"classes": CONTINUAL_CLASSES}), out["raw"],
+                                out["manifest"], out["clean"], out["transform"], out["report"], out["rows"], parent)
+    out["buffer_record"] = build_buffer(Buffer(size=size, seed=seed), out["clean"], out["rows"], out["transform"],
+                                        parent if parent is not None else root / "no-parent", out["buffer"])
+    return out
+
+
+def as_parent(version: dict, folder) -> dict:
+    """`folder` holding a version's rows.parquet, transform.json and buffer.parquet under the names the parent
+    stage fetches them by (tasks.data.inherit.FILES)."""
+    import shutil
+
+    from tasks.data.inherit import FILES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for what, src in (("rows", version["rows"]), ("transform", version["transform"]),
+                      ("buffer", version["buffer"] / "buffer.parquet")):
+        shutil.copy(src, folder / FILES[what])
+    return {"folder": folder}
+
+
+@pytest.fixture(scope="session")
+def continual_lineage(tmp_path_factory):
+    """Two data versions of the digits: v0 holds the labels 0 and 1 (from scratch), v1 the labels 0-3, cleaned
+    and buffered from v0 as its parent. Shared by the session: read it, never write into it."""
+    root = tmp_path_factory.mktemp("continual")
+    v0 = continual_version(root / "v0", [0, 1])
+    as_parent(v0, root / "parent")
+    v1 = continual_version(root / "v1", [0, 1, 2, 3], root / "parent")
+    return {"v0": v0, "v1": v1, "parent": root / "parent", "root": root}

@@ -4,12 +4,16 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from tasks.augment import augment, augment_images, augment_table, bag_of_words
+from tasks.data import inherit
 from tasks.data.tables import read_model_table, sha256_file
+from tasks.errors import InputError
 from tasks.files import TOKENIZER_FILE
 from tasks.params import Augment, ImageAug, TableAug, TextAug
+from tasks.params.continual import NEW_ROWS_ONLY
 from tests.tasks.conftest import paths, run_clean, run_ingest
 
 
@@ -95,3 +99,69 @@ def test_token_dropout_drops_tokens():
     full = bag_of_words(ids, 8)
     dropped = bag_of_words(ids, 8, 0.5, np.random.default_rng(0))
     assert np.rint(np.expm1(full)).sum() == 200 and 60 < np.expm1(dropped).sum() < 140  # counts, log1p in float32
+
+
+# --- continual.strategy: the new rows' training split and the replay split (tests/tasks/conftest.py's digits) --
+
+
+def _continual(version: dict, out, strategy: str, rows=None) -> dict:
+    return augment(Augment(copies=0), version["clean"], version["transform"], out, None,
+                   rows or version["rows"], version["buffer"], strategy)
+
+
+def test_a_new_rows_strategy_trains_on_the_newest_experience_and_replays_the_buffer(continual_lineage, tmp_path):
+    v1 = continual_lineage["v1"]
+    clean, rows = read_model_table(v1["clean"]), inherit.read_rows(v1["rows"])
+    train = np.array(clean["split"].to_pylist()) == "train"
+    new = train & (rows["experience"].to_numpy() == 1)
+    out = _continual(v1, tmp_path / "naive", "naive")
+    buffer = pq.read_table(v1["buffer"] / "buffer.parquet")
+    assert out["rows"] == {"train": int(new.sum()), "val": clean["split"].to_pylist().count("val"),
+                           "test": clean["split"].to_pylist().count("test"), "replay": buffer.num_rows}
+    written = pq.read_table(tmp_path / "naive" / "train.parquet")
+    assert written.drop_columns(["split"]).equals(clean.filter(new).drop_columns(["split"]))
+    assert set(written["label"].to_pylist()) == {2, 3}  # v1's new rows are its new classes
+    replay = pq.read_table(tmp_path / "naive" / "replay.parquet")
+    assert set(replay["split"].to_pylist()) == {"replay"}
+    assert replay.drop_columns(["split"]).equals(buffer.select(clean.schema.names).drop_columns(["split"]))
+    assert json.loads((tmp_path / "naive" / "replay.json").read_text()) == {
+        "current_experience": 1, "experience": buffer["experience"].to_pylist()}
+    joint = _continual(v1, tmp_path / "joint", "joint")  # every training row, and the buffer all the same
+    assert joint["rows"] | {"train": None} == out["rows"] | {"train": None} and joint["rows"]["train"] == train.sum()
+
+
+def test_a_new_rows_strategy_without_a_new_training_row_is_refused(continual_lineage, tmp_path):
+    """Experience 1 holds only val and test rows here: nothing new to train on, so no run is started."""
+    v1 = continual_lineage["v1"]
+    rows = inherit.read_rows(v1["rows"])
+    split, exp = rows["split"].to_numpy(), rows["experience"].to_numpy()
+    inherit.write_rows(tmp_path / "rows.parquet", rows["row"].to_numpy(), split, np.where(split == 0, 0, exp),
+                       inherit.experiences_of(rows, v1["rows"]))
+    for strategy in NEW_ROWS_ONLY:
+        with pytest.raises(InputError, match=rf"continual\.strategy {strategy} .* no new training row "
+                                             r"\(experience 1\).*continual\.strategy: joint"):
+            _continual(v1, tmp_path / strategy, strategy, tmp_path / "rows.parquet")
+        assert not (tmp_path / strategy).exists()
+    assert _continual(v1, tmp_path / "joint", "joint", tmp_path / "rows.parquet")["rows"]["train"] > 0
+
+
+def test_rows_of_another_clean_table_are_refused(continual_lineage, tmp_path):
+    with pytest.raises(InputError, match="rerun clean"):
+        _continual(continual_lineage["v1"], tmp_path, "naive", continual_lineage["v0"]["rows"])
+
+
+def test_a_new_rows_strategy_on_the_parents_own_data_is_refused(continual_lineage, tmp_path):
+    """A child of v1 cleaned from v1's data again: every row is the parent's (no experience is added, so the
+    newest one is the parent's own), and a strategy that trains on the rows the parent has not seen has none."""
+    from tests.tasks.conftest import as_parent, continual_version
+
+    as_parent(continual_lineage["v1"], tmp_path / "parent")
+    again = continual_version(tmp_path / "again", [0, 1, 2, 3], tmp_path / "parent")
+    assert inherit.experiences_of(inherit.read_rows(again["rows"]), again["rows"]) == \
+        inherit.experiences_of(inherit.read_rows(continual_lineage["v1"]["rows"]), again["rows"])
+    with pytest.raises(InputError, match=r"continual\.strategy naive .* no new training row \(experience 1 is the "
+                                         r"parent's own\)"):
+        augment(Augment(copies=0), again["clean"], again["transform"], tmp_path / "splits", None, again["rows"],
+                again["buffer"], "naive", parent=tmp_path / "parent")
+    assert again["buffer_record"]["new_training_rows"] == 0  # nothing new enters the buffer either ...
+    assert sha256_file(again["buffer"] / "buffer.parquet") == sha256_file(tmp_path / "parent" / "buffer.parquet")

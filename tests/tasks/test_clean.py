@@ -6,6 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tasks.clean import Raw
 from tasks.data import transform
@@ -13,7 +15,9 @@ from tasks.data.hashing import assign_splits, first_occurrences, row_hash
 from tasks.data.tables import ROW_GROUP_ROWS, read_model_table, read_table
 from tasks.errors import InputError
 from tasks.params import Split
-from tests.tasks.conftest import run_clean, run_ingest, tiny_contract
+from tests.tasks.conftest import run_clean, run_ingest, tiny_contract, tiny_csv
+
+SPLIT_3 = Split(val_fraction=0.2, test_fraction=0.2, seed=1)
 
 
 def test_report_counts_what_was_done(staged):
@@ -204,3 +208,50 @@ def test_regression_refuses_a_text_target(tmp_path):
     (tmp_path / "s.csv").write_text("x,y\n" + "".join(f"{i},{'high' if i % 2 else 'low'}\n" for i in range(120)))
     with pytest.raises(InputError, match=r"column 'y': ingest\.task is regression, so the label must hold numbers"):
         run_ingest(tmp_path / "s.csv", tmp_path, image_shape=None, label_column="y", task="regression")
+
+
+# --- clean.classes: one output layer, in the declared order, across data versions -------------------------------
+
+
+def _decoded(root) -> list[str]:
+    """Each clean row's class, by name: the transform's classes indexed by the label column."""
+    classes = json.loads((root / "transform.json").read_text())["classes"]
+    return [classes[i] for i in read_model_table(root / "clean.arrow")["label"].to_pylist()]
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.permutations([0, 1, 2, 3, 4]), as_text=st.booleans())
+def test_declared_classes_are_the_transforms_in_their_order_and_each_row_keeps_its_class(tmp_path_factory, order,
+                                                                                         as_text):
+    """The data has 0, 1 and 2; clean.classes names them and two more, in any order, as numbers or text: the
+    output layer is the declared list, and every row's class (decoded by it) is the one it has undeclared."""
+    root = tmp_path_factory.mktemp("classes")
+    run_ingest(tiny_csv(root / "s.csv", classes=3), root)
+    run_clean(root, split=SPLIT_3)
+    plain = _decoded(root)
+    declared = tuple(str(c) if as_text else c for c in order)
+    report = run_clean(root, split=SPLIT_3, classes=declared)
+    assert json.loads((root / "transform.json").read_text())["classes"] == [str(c) for c in order]
+    assert _decoded(root) == plain and report["classes"] == 5
+
+
+def test_a_label_outside_the_declared_classes_is_refused_naming_the_key_and_column(tmp_path):
+    run_ingest(tiny_csv(tmp_path / "s.csv", classes=3), tmp_path)
+    with pytest.raises(InputError, match=r"label\(s\) \['2'\] of column 'label' are not in clean\.classes "
+                                         r"\['1', '0'\]"):
+        run_clean(tmp_path, split=SPLIT_3, classes=(1, 0))
+
+
+def test_a_class_declared_twice_is_refused_when_params_load(tmp_path):
+    import yaml
+
+    from tasks.params import Clean, load_params
+    from tests.conftest import ROOT
+
+    with pytest.raises(ValueError, match=r"classes: a class is named twice in \[1, '1'\]"):
+        Clean(classes=(1, "1"))  # the same class as the label column writes it, so the same output
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["clean"]["classes"] = [0, 1, 2, 0]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(InputError, match=r"clean: classes: a class is named twice in \[0, 1, 2, 0\]"):
+        load_params(tmp_path / "p.yaml")

@@ -15,6 +15,8 @@ from pathlib import Path
 import gto.api
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks import registry
 from tasks.data.tables import write_json
@@ -282,3 +284,79 @@ def test_a_repo_that_is_not_the_pipelines_checkout_is_named(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     with pytest.raises(InputError, match="--repo .*: not a git repository"):
         registry.artifact_names(tmp_path)
+
+
+# --- the forgetting gate (register.max_forgetting): lineage dicts as register writes them -------------------
+
+
+def lineage(accuracy: float, test_sets: dict | None) -> dict:
+    rec = {"artifact": "digits", "contract": {"ok": True}, "metrics": {"accuracy": accuracy},
+           "test_split": TWO_CLASSES}
+    return rec | ({"continual": {"test_sets": test_sets, "strategy": "replay"}} if test_sets is not None else {})
+
+
+HELD = ("v0.0.1", lineage(0.90, {"d0": 0.97, "d1": 0.95}))
+
+
+def test_the_gate_refuses_a_version_that_forgets_more_than_allowed_naming_the_data_version_and_points():
+    policy = Register(max_forgetting=5)
+    candidate = lineage(0.99, {"d0": 0.90, "d1": 0.96, "d2": 0.40})  # better overall, 7 points lost on d0
+    decision = registry.decide(policy, "prod", candidate, HELD)
+    assert decision["promote"] is False and decision["forgetting"] is True and decision["current"] == "v0.0.1"
+    assert decision["reason"] == ("accuracy on the test set of data version d0 0.9000 is 7.00 points below "
+                                  "digits@v0.0.1's 0.9700, more than the allowed 5")  # d2 is new: not compared
+    within = lineage(0.99, {"d0": 0.92, "d1": 0.90})  # 5 points exactly on both: allowed
+    assert registry.decide(policy, "prod", within, HELD)["promote"] is True
+    worse = lineage(0.80, {"d0": 0.97, "d1": 0.95})  # forgets nothing, and is refused by the metric alone
+    decision = registry.decide(policy, "prod", worse, HELD)
+    assert decision["promote"] is False and "does not beat" in decision["reason"] and "forgetting" not in decision
+
+
+@settings(deadline=None, derandomize=True, max_examples=200)
+@given(held=st.dictionaries(st.sampled_from(["d0", "d1", "d2", "d3"]), st.integers(0, 100), min_size=1),
+       drops=st.lists(st.integers(-20, 30), min_size=4, max_size=4), allowed=st.integers(0, 25))
+def test_the_gate_promotes_exactly_when_no_past_test_set_drops_more_than_allowed(held, drops, allowed):
+    """Accuracies in whole points, so a drop is exact: refused on each test set that drops more, named."""
+    holder = {v: a / 100 for v, a in held.items()}
+    cand = {v: min(max(a - d, 0), 100) / 100 for (v, a), d in zip(held.items(), drops)}
+    decision = registry.decide(Register(max_forgetting=allowed), "prod", lineage(1.0, cand),
+                               ("v0.0.1", lineage(0.5, holder)))
+    over = [v for v in held if held[v] - round(cand[v] * 100) > allowed]
+    assert decision["promote"] is (not over)
+    assert [v for v in held if f"data version {v} " in decision["reason"]] == (over or [])
+
+
+def test_no_gate_without_max_forgetting_or_without_the_holders_test_sets():
+    candidate = lineage(0.99, {"d0": 0.10, "d1": 0.10})
+    assert registry.decide(Register(), "prod", candidate, HELD)["promote"] is True  # max_forgetting: null
+    old = ("v0.0.1", lineage(0.90, None))  # registered before test sets were recorded: nothing to lose
+    assert registry.decide(Register(max_forgetting=0), "prod", candidate, old)["promote"] is True
+    assert registry.decide(Register(max_forgetting=0), "prod", candidate, None)["promote"] is True
+
+
+def test_a_candidate_not_scored_on_a_holders_test_set_is_refused_with_the_way_to_fix_it():
+    for candidate in (lineage(0.99, {"d1": 0.96}), lineage(0.99, None)):  # d0 missing; no record at all
+        decision = registry.decide(Register(max_forgetting=5), "prod", candidate, HELD)
+        assert decision["promote"] is False and decision["forgetting"] is True
+        assert "the candidate was not scored on the test set of data version d0 (digits@v0.0.1 has 0.9700" in \
+            decision["reason"]
+        assert "train it from the stage (train.init.from: NAME@STAGE)" in decision["reason"]
+
+
+def test_register_records_the_accuracy_on_each_data_versions_test_set(tmp_path):
+    from tasks.continual import scoring
+    from tasks.params import load_params
+    from tasks.register import continual_record
+
+    p = load_params(ROOT / "params.yaml")
+    p = p.model_copy(update={"paths": p.paths.model_copy(update={"continual": tmp_path / "c",
+                                                                  "buffer": tmp_path / "b"})})
+    assert continual_record(p) is None  # a run without the matrix
+    rec = {"experiences": [{"experience": 0, "data_version": "d0", "accuracy": 0.5},
+                           {"experience": 1, "data_version": None, "accuracy": 0.75}],
+           "models": ["digits@v0.0.1", "this model"], "matrix": [[0.5, None], [0.5, 0.75]], "summary": {"x": 1}}
+    write_json(tmp_path / "c" / "matrix.json", rec)
+    assert continual_record(p) == {"test_sets": {"d0": 0.5, "1": 0.75}, "strategy": p.continual.strategy,
+                                   "summary": {"x": 1}, "buffer_sha256": None}
+    scoring.no_classes(tmp_path / "c")  # a regression: nothing to gate on
+    assert continual_record(p) is None
