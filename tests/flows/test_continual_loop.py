@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import copy_repo, run, set_params
 from tests.flows.test_deployment import api, server  # noqa: F401 - the module's Prefect server fixture
 
-pytestmark = [pytest.mark.slow, pytest.mark.server]
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.timeout(1200)]  # the first test sets up 5 runs
 STREAM = {"ingest.stream.kind": "class_incremental", "ingest.stream.experiences": 5, "contract.min_rows": 300,
           "clean.classes": list(range(10)), "train.init.from": "digits@prod", "train.init.unassigned": "scratch",
           "train.model": "mlp", "train.epochs": 4, "continual.buffer.size": 300, "continual.buffer.rows_per_batch": 32,
