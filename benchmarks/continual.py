@@ -57,7 +57,8 @@ def chain(strategy: str, args, seed: int, port: int, root: Path) -> dict:
     repo = copy_repo(root / f"{strategy}-{seed}", master_port=port)
     set_params(repo, BASE | {"ingest.stream.kind": args.stream, "continual.strategy": strategy,
                              "train.epochs": args.epochs, "train.seed": seed, "augment.seed": seed,
-                             "continual.buffer.seed": seed, "continual.buffer.size": args.buffer})
+                             "continual.buffer.seed": seed, "continual.buffer.size": args.buffer,
+                             "continual.buffer.rows_per_batch": args.rows_per_batch})
     run(["git", "commit", "-qam", f"{strategy}: the {args.stream} stream"], repo)
     steps, trend = [], []
     for k in range(5):
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--stream", default="class_incremental", choices=("class_incremental", "domain_incremental"))
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--buffer", type=int, default=200, help="continual.buffer.size (200: 20 rows a class)")
+    ap.add_argument("--rows-per-batch", type=int, default=16, help="continual.buffer.rows_per_batch (replay)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
@@ -134,7 +136,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="continual-bench-") as tmp:
         for i, name in enumerate(args.strategies.split(",")):
             results[name] = chain(name, args, args.seed, 29700 + i, Path(tmp))
-    print(f"\n{args.stream}, 5 experiences, seed {args.seed}, {args.epochs} epochs a run, buffer {args.buffer}:")
+    print(f"\n{args.stream}, 5 experiences, seed {args.seed}, {args.epochs} epochs a run, buffer {args.buffer}, "
+          f"{args.rows_per_batch} buffer rows a batch:")
     print("\n".join(report(results, args.stream)))
     if args.plot:
         plot(results, args.plot)

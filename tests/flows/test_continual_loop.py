@@ -69,7 +69,7 @@ def test_naive_forgets_and_the_gate_refuses_it_naming_the_test_set(loop):
                      naive["promotion"]["reason"]), naive["promotion"]["reason"]
     old = [a for dv, a in naive["continual"]["test_sets"].items() if dv != naive["data_version"]]
     assert min(old) < 0.8  # trained on {4, 5} alone, it forgot earlier classes
-    notes = run(["git", "notes", "--ref=registry", "show", "digits@v0.0.3"], repo).stdout
+    notes = run(["git", "notes", "--ref=registry", "show", "digits@v0.0.3^{}"], repo).stdout
     assert '"promote": false' in notes and "points below" in notes  # the refusal is recorded
 
 

@@ -357,6 +357,6 @@ def test_register_records_the_accuracy_on_each_data_versions_test_set(tmp_path):
            "models": ["digits@v0.0.1", "this model"], "matrix": [[0.5, None], [0.5, 0.75]], "summary": {"x": 1}}
     write_json(tmp_path / "c" / "matrix.json", rec)
     assert continual_record(p) == {"test_sets": {"d0": 0.5, "1": 0.75}, "strategy": p.continual.strategy,
-                                   "summary": {"x": 1}, "buffer_sha256": None}
+                                   "summary": {"x": 1}, "parent_on_this_test_split": None, "buffer_sha256": None}
     scoring.no_classes(tmp_path / "c")  # a regression: nothing to gate on
     assert continual_record(p) is None

@@ -164,7 +164,9 @@ def test_the_ewc_penalty_is_zero_at_the_parent_and_its_gradient_is_weight_f_time
 def test_ewc_takes_the_fisher_over_the_earlier_rows_only_and_anchors_at_the_warm_start(splits):
     torch.manual_seed(0)
     model = build("mlp", MLP)
-    s = cl.prepare(continual("ewc", ewc={"weight": 10.0}), WARM, splits, model, None, 2, model_schema(FEATURES, None))
+    warm_started = object()  # ewc reads no parent file: only that the run started from one
+    s = cl.prepare(continual("ewc", ewc={"weight": 10.0}), WARM, splits, model, warm_started, 2,
+                   model_schema(FEATURES, None))
     old = s.buffer.experience < 2
     assert old.sum() == 7
     expected = cl.diagonal_fisher(model, s.buffer.x[old], s.buffer.y[old], lambda out, t: F.cross_entropy(out, t))
@@ -173,8 +175,8 @@ def test_ewc_takes_the_fisher_over_the_earlier_rows_only_and_anchors_at_the_warm
     out, y = model(torch.randn(5, 4)), torch.randint(0, 3, (5,))
     loss, term = s.loss(out, None, y, model, WARM)
     assert term.item() == 0.0 and loss.item() == pytest.approx(F.cross_entropy(out, y).item())
-    rank1 = cl.prepare(continual("ewc"), WARM, splits, model, None, 2, model_schema(FEATURES, None), rank=1)
-    assert all(not f.any() for f in rank1.fisher.values())  # rank 0's arrives by broadcast (Strategy.place)
+    rank1 = cl.prepare(continual("ewc"), WARM, splits, model, warm_started, 2, model_schema(FEATURES, None), rank=1)
+    assert rank1.fisher and all(not f.any() for f in rank1.fisher.values())  # rank 0's arrives by broadcast (Strategy.place)
 
 
 # LwF
