@@ -177,7 +177,7 @@ def test_ewc_takes_the_fisher_over_the_earlier_rows_only_and_anchors_at_the_warm
     assert term.item() == 0.0 and loss.item() == pytest.approx(F.cross_entropy(out, y).item())
     rank1 = cl.prepare(continual("ewc"), WARM, splits, model, warm_started, 2, model_schema(FEATURES, None),
                        rank=1)
-    assert rank1.fisher and all(not f.any() for f in rank1.fisher.values())  # rank 0's arrives by broadcast (Strategy.place)
+    assert rank1.fisher and all(not f.any() for f in rank1.fisher.values())  # rank 0's comes by broadcast
 
 
 # LwF
