@@ -21,7 +21,7 @@ from tasks.errors import InputError
 from tasks.registry.git import read_at
 
 LOCK, DVC_YAML = "dvc.lock", "dvc.yaml"
-DATA_STAGES = ("ingest", "clean", "augment", "train")  # the stages whose outputs a model was made from
+DATA_STAGES = ("ingest", "clean", "buffer", "augment", "train")  # the stages whose outputs a model was made from
 
 
 def _yaml(text: str | None, where: str) -> dict:
