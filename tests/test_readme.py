@@ -175,6 +175,6 @@ def test_each_example_source_meets_the_contract_of_its_snippet(clone, tmp_path):
         res = run([sys.executable, "-m", "tasks.ingest"], work, check=False, env=env() | {"PYTHONPATH": str(clone)})
         if head == "the digits' contract":  # the table against the digits' contract: refused, and why
             out = res.stdout + res.stderr  # refused by the contract, not by params that do not load
-            assert res.returncode != 0 and "min_rows" in out and "problem(s)" not in out, out
+            assert res.returncode != 0 and "the data contract failed" in out and "at least 500 required" in out, out
         else:
             assert res.returncode == 0, f"{head}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
