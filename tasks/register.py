@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from tasks.continual.scoring import continual_record
 from tasks.data.sources import IMAGE_SUFFIXES, is_remote, resolve_local
 from tasks.data.tables import atomic_path, read_json, sha256_file, write_json
 from tasks.errors import InputError, run_main
@@ -174,22 +175,6 @@ def preprocessing_record(p: Params) -> dict:
 def recorded_file(path: Path) -> dict | None:
     """A file's path and sha256 for the lineage; None when the run wrote none."""
     return {"path": str(path), "sha256": sha256_file(path)} if path.exists() else None
-
-
-def continual_record(p: Params) -> dict | None:
-    """This model's accuracy on the test set of each data version (evaluate's reports/continual), by data
-    version, with the buffer's hash and the matrix's metrics; None for a regression or a run without it."""
-    path = p.paths.continual / MATRIX_FILE
-    if not path.exists():
-        return None
-    rec = read_json(path, "the accuracy matrix over every data version's test set")
-    if not rec.get("experiences"):
-        return None
-    buffer = p.paths.buffer / BUFFER_TABLE
-    return {"test_sets": {str(c["data_version"] or c["experience"]): c["accuracy"] for c in rec["experiences"]},
-            "strategy": p.continual.strategy, "summary": rec.get("summary"),
-            "parent_on_this_test_split": rec.get("parent_on_this_test_split"),
-            "buffer_sha256": sha256_file(buffer) if buffer.exists() else None}
 
 
 def lock_own_entry() -> None:

@@ -148,6 +148,26 @@ def evaluate_continual(pred: np.ndarray, y: np.ndarray, rows_path: Path, parent:
     return write(folder, figures, rec)
 
 
+def continual_record(p) -> dict | None:
+    """What register's lineage records (p: the Params): this model's accuracy on the test set of each data
+    version, by data version, the matrix's metrics, the parent's figures on this test split and the buffer's
+    hash; None for a regression or a run without a matrix."""
+    from tasks.data.tables import read_json, sha256_file
+    from tasks.files import BUFFER_TABLE
+
+    path = p.paths.continual / MATRIX_FILE
+    if not path.exists():
+        return None
+    rec = read_json(path, "the accuracy matrix over every data version's test set")
+    if not rec.get("experiences"):
+        return None
+    buffer = p.paths.buffer / BUFFER_TABLE
+    return {"test_sets": {str(c["data_version"] or c["experience"]): c["accuracy"] for c in rec["experiences"]},
+            "strategy": p.continual.strategy, "summary": rec.get("summary"),
+            "parent_on_this_test_split": rec.get("parent_on_this_test_split"),
+            "buffer_sha256": sha256_file(buffer) if buffer.exists() else None}
+
+
 def no_classes(folder: Path) -> None:
     """A regression: no accuracy per data version; the outputs DVC expects, saying so."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -345,8 +345,8 @@ def test_a_candidate_not_scored_on_a_holders_test_set_is_refused_with_the_way_to
 
 def test_register_records_the_accuracy_on_each_data_versions_test_set(tmp_path):
     from tasks.continual import scoring
+    from tasks.continual.scoring import continual_record
     from tasks.params import load_params
-    from tasks.register import continual_record
 
     p = load_params(ROOT / "params.yaml")
     p = p.model_copy(update={"paths": p.paths.model_copy(update={"continual": tmp_path / "c",
